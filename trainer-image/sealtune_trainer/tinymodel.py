@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 # Special tokens, in id order (ids 0..3).
 PAD_TOKEN = "<pad>"
@@ -32,7 +33,7 @@ CHAT_TEMPLATE = (
 
 MANIFEST_NAME = "SHA256SUMS"
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905
     "the patient was admitted with reported pain fever cough after surgery on day "
     "and discharged home stable follow up in clinic blood pressure heart rate normal "
     "prescribed medication dose daily twice tablet history of diabetes asthma allergy "
@@ -64,7 +65,7 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     return out
 
 
-def build_tokenizer(vocab_size: int = 512, seed: int = 0):  # type: ignore[no-untyped-def]
+def build_tokenizer(vocab_size: int = 512, seed: int = 0) -> Any:
     """Train a byte-level BPE tokenizer on the seeded corpus; returns a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -92,7 +93,7 @@ def build_tokenizer(vocab_size: int = 512, seed: int = 0):  # type: ignore[no-un
 
 
 def write_manifest(model_dir: Path) -> str:
-    """Write `SHA256SUMS` (sha256sum format, sorted) for every file; return the manifest's sha256."""
+    """Write `SHA256SUMS` (sha256sum format, sorted); return the manifest's own sha256."""
     lines = []
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(model_dir).as_posix()
@@ -148,7 +149,6 @@ def make_tiny_llama(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
     )
     gen = torch.random.fork_rng(devices=[])
     with gen:
