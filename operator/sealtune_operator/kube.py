@@ -1,0 +1,139 @@
+"""Thin, typed access to the Kubernetes API for the handlers.
+
+Only the handlers call this module. Every write is idempotent: creating an object that
+already exists is success, deleting one that is gone is success.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from sealtune_operator.models import GROUP, VERSION
+
+Manifest = dict[str, Any]
+
+
+@functools.cache
+def api_client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    config = kubernetes.client.Configuration.get_default_copy()
+    # The handlers run in a thread pool; one connection per worker avoids queueing.
+    config.connection_pool_maxsize = 64
+    return kubernetes.client.ApiClient(config)
+
+
+def _apis() -> dict[str, Any]:
+    client = api_client()
+    return {
+        "core": kubernetes.client.CoreV1Api(client),
+        "batch": kubernetes.client.BatchV1Api(client),
+        "net": kubernetes.client.NetworkingV1Api(client),
+        "apps": kubernetes.client.AppsV1Api(client),
+        "policy": kubernetes.client.PolicyV1Api(client),
+        "custom": kubernetes.client.CustomObjectsApi(client),
+    }
+
+
+_KINDS: dict[str, tuple[str, str]] = {
+    "NetworkPolicy": ("net", "network_policy"),
+    "Secret": ("core", "secret"),
+    "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
+    "ConfigMap": ("core", "config_map"),
+    "ServiceAccount": ("core", "service_account"),
+    "Service": ("core", "service"),
+    "Job": ("batch", "job"),
+    "Deployment": ("apps", "deployment"),
+    "PodDisruptionBudget": ("policy", "pod_disruption_budget"),
+}
+
+
+def _method(kind: str, verb: str) -> Callable[..., Any]:
+    group, suffix = _KINDS[kind]
+    return getattr(_apis()[group], f"{verb}_namespaced_{suffix}")  # type: ignore[no-any-return]
+
+
+def create(manifest: Manifest) -> bool:
+    """Create the object; False if it already existed (not an error: we are idempotent)."""
+    meta = manifest["metadata"]
+    try:
+        _method(manifest["kind"], "create")(meta["namespace"], manifest)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def replace_spec(manifest: Manifest) -> None:
+    """Merge-patch an existing child to the rendered manifest (used for mutable children)."""
+    meta = manifest["metadata"]
+    _method(manifest["kind"], "patch")(meta["name"], meta["namespace"], manifest)
+
+
+def delete(kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
+    """Delete if present; False when it was already gone."""
+    try:
+        _method(kind, "delete")(
+            name, namespace, body=kubernetes.client.V1DeleteOptions(propagation_policy=propagation)
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def pvc_exists(namespace: str, name: str) -> bool:
+    try:
+        _apis()["core"].read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def patch_status(plural: str, namespace: str, name: str, status: Manifest) -> None:
+    _apis()["custom"].patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": status}
+    )
+
+
+def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
+    try:
+        obj = _apis()["custom"].get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(obj)
+
+
+class ApiError(Exception):
+    """An API failure reduced to a reason and a message fit for a status condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def explain(exc: ApiException, what: str) -> ApiError:
+    """Turn an ApiException into a readable condition (never echoing request bodies)."""
+    reason = {403: "Forbidden", 404: "NotFound", 422: "Invalid"}.get(exc.status or 0, "ApiError")
+    detail = exc.reason or ""
+    try:
+        import json
+
+        detail = json.loads(exc.body or "{}").get("message", detail)
+    except ValueError:
+        pass
+    return ApiError(reason, f"cannot create {what}: {detail}")

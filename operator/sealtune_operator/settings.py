@@ -1,0 +1,47 @@
+"""Operator-wide settings, read once at start-up from flags and environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_TRAINER_IMAGE = "registry.local/sealtune/trainer:0.1.0"
+DEFAULT_SERVE_IMAGE = "registry.local/sealtune/trainer:0.1.0"
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What the render layer needs to know about the operator's environment."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    serve_image: str = DEFAULT_SERVE_IMAGE
+    # StorageClasses known to encrypt at rest; checkpoint PVCs must use one of them.
+    encrypting_storage_classes: tuple[str, ...] = ("encrypted",)
+    # Where the operator's own pods run, so trainer NetworkPolicies admit only them.
+    operator_namespace: str = "sealtune-system"
+    operator_pod_labels: dict[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "sealtune-operator"}
+    )
+    trainer_metrics_port: int = 9090
+    image_pull_secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        env = dict(os.environ if env is None else env)
+        defaults = cls()
+        return cls(
+            trainer_image=env.get("SEALTUNE_TRAINER_IMAGE", defaults.trainer_image),
+            serve_image=env.get("SEALTUNE_SERVE_IMAGE", defaults.serve_image),
+            encrypting_storage_classes=_csv(
+                env.get(
+                    "SEALTUNE_ENCRYPTING_STORAGE_CLASSES",
+                    ",".join(defaults.encrypting_storage_classes),
+                )
+            ),
+            operator_namespace=env.get("SEALTUNE_OPERATOR_NAMESPACE", defaults.operator_namespace),
+            image_pull_secrets=_csv(env.get("SEALTUNE_IMAGE_PULL_SECRETS", "")),
+        )
