@@ -238,6 +238,11 @@ class FineTuneJobSpec(CamelModel):
         default_factory=SchedulingSpec, description="Node placement, priority and Kueue queue."
     )
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Memorization audit.")
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra annotations for the trainer pod (e.g. for a service mesh or autoscaler). "
+        "They cannot weaken the pod's security settings.",
+    )
     backoff_limit: int = Field(2, ge=0, le=10, description="Retries of the trainer pod on failure.")
     active_deadline_seconds: int | None = Field(
         None, ge=60, description="Wall-clock limit of the whole job, in seconds."

@@ -290,7 +290,10 @@ def job(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> M
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},
+            "spec": pod_spec,
+        },
     }
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
