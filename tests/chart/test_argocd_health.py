@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from tests.chart.chartlib import REPO
 
 ARGOCD = REPO / "deploy" / "argocd"
 FTJ = ARGOCD / "health-finetunejob.lua"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import NAMESPACE, Render, by_kind, one
+from tests.chart.chartlib import NAMESPACE, Render, by_kind, one
 
 Rule = tuple[str, str, frozenset[str]]
 CRUD = frozenset({"get", "list", "watch", "create", "patch", "update", "delete"})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+from tests.chart.chartlib import (
     CHART,
     NAMESPACE,
     VALUE_SETS,
@@ -194,7 +194,8 @@ def test_operator_network_policy_default(render: Render) -> None:
 def test_operator_network_policy_pinned_to_apiserver(render: Render) -> None:
     np = one(render("internal-registry"), "NetworkPolicy")
     assert np["spec"]["egress"] == [
-        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}]}
+        {"ports": [{"port": 6443, "protocol": "TCP"}],
+         "to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}]}
     ]
     with_dns = one(render("default", "networkPolicy.allowDNS=true"), "NetworkPolicy")
     assert [p["port"] for p in with_dns["spec"]["egress"][1]["ports"]] == [53, 53]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CHART, NAMESPACE, run_helm
+from tests.chart.chartlib import CHART, NAMESPACE, run_helm
 
 # (--set argument, text the error must contain: the JSON pointer of the bad value)
 INVALID: list[tuple[str, str]] = [
