@@ -40,6 +40,13 @@ def tls_files(cfg: ServeConfig) -> tuple[Path, Path]:
 
 def serve(cfg: ServeConfig) -> int:
     """Load everything, serve until SIGTERM/SIGINT; returns the process exit code."""
+    # Refuse early, before the heavy imports, when the deployment is unsafe.
+    cert, key = tls_files(cfg)
+    if not Path(cfg.api_keys_dir).is_dir():
+        raise StartupError(f"API-key directory {cfg.api_keys_dir} does not exist")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
     import uvicorn
 
     from sealtune_trainer.serve.apikeys import KeyStore
@@ -47,11 +54,6 @@ def serve(cfg: ServeConfig) -> int:
     from sealtune_trainer.serve.audit import AuditLog
     from sealtune_trainer.serve.engine import Engine
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    cert, key = tls_files(cfg)
-    if not Path(cfg.api_keys_dir).is_dir():
-        raise StartupError(f"API-key directory {cfg.api_keys_dir} does not exist")
     if cfg.cpu_threads:
         import torch
 
