@@ -120,6 +120,7 @@ def test_internal_registry_rewrites_and_pins_every_image(render: Render) -> None
     assert one(docs, "ServiceAccount")["imagePullSecrets"] == [{"name": "internal-registry"}]
     env = env_of(operator_container(docs))
     assert env["SEALTUNE_ENCRYPTING_STORAGE_CLASSES"] == "encrypted-ssd,encrypted-nvme"
+    assert env["SEALTUNE_IMAGE_PULL_SECRETS"] == "internal-registry"
     # No image anywhere in the rendered text escapes the internal registry.
     text = yaml.safe_dump_all(docs)
     assert "ghcr.io" not in text

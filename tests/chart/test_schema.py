@@ -18,6 +18,7 @@ INVALID: list[tuple[str, str]] = [
     ("global.imageRegistry=https://registry.example", "/global/imageRegistry"),
     ("watchNamespaces={Bad_Namespace}", "/watchNamespaces/0"),
     ("encryptingStorageClasses={UPPER}", "/encryptingStorageClasses/0"),
+    ("workloadImagePullSecrets={Not_A_Name}", "/workloadImagePullSecrets/0"),
     ("metrics.port=70000", "/metrics/port"),
     ("networkPolicy.apiServer.cidrs={10.0.0.1}", "/networkPolicy/apiServer/cidrs/0"),
     ("networkPolicy.apiServer.ports=null", "missing property 'ports'"),

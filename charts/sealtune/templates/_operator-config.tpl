@@ -35,6 +35,8 @@
   value: {{ join "," .Values.encryptingStorageClasses | quote }}
 - name: SEALTUNE_TRAINER_IMAGE
   value: {{ include "sealtune.image" (dict "image" .Values.trainerImage "root" .) | quote }}
+- name: SEALTUNE_IMAGE_PULL_SECRETS
+  value: {{ join "," .Values.workloadImagePullSecrets | quote }}
 - name: SEALTUNE_SERVE_IMAGE
   value: {{ include "sealtune.image" (dict "image" .Values.serveImage "root" .) | quote }}
 {{- end }}
