@@ -65,7 +65,11 @@ def _resolve(schema: Schema, defs: dict[str, Schema]) -> Schema:
             out[key] = value
     if "enum" in out and "type" not in out:
         out["type"] = "string"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
@@ -187,7 +191,10 @@ def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.kopf.dev", "labels": {"app.kubernetes.io/part-of": "sealtune"}},
+        "metadata": {
+            "name": f"{plural}.kopf.dev",
+            "labels": {"app.kubernetes.io/part-of": "sealtune"},
+        },
         "spec": {
             "scope": scope,
             "group": "kopf.dev",

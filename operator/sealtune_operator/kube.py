@@ -57,7 +57,7 @@ _KINDS: dict[str, tuple[str, str]] = {
 
 def _method(kind: str, verb: str) -> Callable[..., Any]:
     group, suffix = _KINDS[kind]
-    return getattr(_apis()[group], f"{verb}_namespaced_{suffix}")  # type: ignore[no-any-return]
+    return getattr(_apis()[group], f"{verb}_namespaced_{suffix}")
 
 
 def create(manifest: Manifest) -> bool:
@@ -109,7 +109,9 @@ def patch_status(plural: str, namespace: str, name: str, status: Manifest) -> No
 
 def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
     try:
-        obj = _apis()["custom"].get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        obj = _apis()["custom"].get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name
+        )
     except ApiException as exc:
         if exc.status == 404:
             return None

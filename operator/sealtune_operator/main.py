@@ -30,17 +30,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sealtune-operator", description=__doc__)
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
-    scope.add_argument("-n", "--namespace", action="append", default=[],
-                       help="watch this namespace (repeatable; globs allowed)")
-    parser.add_argument("--peering", default="sealtune",
-                        help="Kopf peering object shared by the replicas (default: sealtune)")
-    parser.add_argument("--standalone", action="store_true",
-                        help="no peering: only for a single local process")
-    parser.add_argument("--priority", default="auto",
-                        help="peering priority; 'auto' derives a distinct one per replica")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; globs allowed)",
+    )
+    parser.add_argument(
+        "--peering",
+        default="sealtune",
+        help="Kopf peering object shared by the replicas (default: sealtune)",
+    )
+    parser.add_argument(
+        "--standalone", action="store_true", help="no peering: only for a single local process"
+    )
+    parser.add_argument(
+        "--priority",
+        default="auto",
+        help="peering priority; 'auto' derives a distinct one per replica",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port (0: off)")
-    parser.add_argument("--health-port", type=int, default=8081,
-                        help="liveness endpoint port, serves /healthz (0: off)")
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=8081,
+        help="liveness endpoint port, serves /healthz (0: off)",
+    )
     parser.add_argument("--log-format", choices=["json", "plain"], default="json")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--workers", type=int, default=32, help="threads for sync handlers")
@@ -66,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Bookkeeping lives in status, never in the user's annotations (GitOps diffs stay clean).
         settings.persistence.finalizer = "sealtune.io/finalizer"
-        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(
+            field="status.kopf.progress"
+        )
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
             field="status.kopf.lastHandledConfiguration"
         )
@@ -81,13 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     logging.getLogger("sealtune").info(
-        "starting", extra={"priority": priority, "peering": args.peering,
-                           "namespaces": args.namespace or ["*"]}
+        "starting",
+        extra={
+            "priority": priority,
+            "peering": args.peering,
+            "namespaces": args.namespace or ["*"],
+        },
     )
     try:
         kopf.run(
             clusterwide=args.all_namespaces,
-            namespaces=args.namespace or None,
+            namespaces=list(args.namespace),
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,
             priority=priority,

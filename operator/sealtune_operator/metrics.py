@@ -5,9 +5,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
-    "sealtune_reconciles_total", "Reconciliations run, by resource kind and result", ["kind", "result"]
+    "sealtune_reconciles_total",
+    "Reconciliations run, by resource kind and result",
+    ["kind", "result"],
 )
-ERRORS = Counter("sealtune_reconcile_errors_total", "Reconciliations that failed", ["kind", "reason"])
+ERRORS = Counter(
+    "sealtune_reconcile_errors_total", "Reconciliations that failed", ["kind", "reason"]
+)
 LATENCY = Histogram(
     "sealtune_reconcile_duration_seconds",
     "Time spent in one reconciliation",

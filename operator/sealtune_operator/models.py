@@ -54,8 +54,13 @@ class PvcPath(CamelModel):
     path: str = Field(
         "",
         max_length=1024,
-        pattern=r"^[^/]?([^.]|\.[^.]|\.$)*$",
-        description="Relative path inside the volume ('' for its root); no leading '/' and no '..'.",
+        description="Relative path inside the volume ('' for its root); no leading '/', no '..'.",
+        json_schema_extra=_cel(
+            {
+                "rule": "!self.startsWith('/') && !('..' in self.split('/'))",
+                "message": "must be a relative path inside the volume, without '..'",
+            }
+        ),
     )
 
 
@@ -77,11 +82,13 @@ class ImageSource(CamelModel):
 
     reference: str = Field(
         max_length=1024,
-        description="Image reference pinned by digest, e.g. registry.local/models/llama@sha256:<64 hex>.",
+        description="Image reference pinned by digest, e.g. "
+        "registry.local/models/llama@sha256:<64 hex>.",
         json_schema_extra=_cel(
             {
                 "rule": "self.matches('@sha256:[a-f0-9]{64}$')",
-                "message": "spec.model.image.reference must be pinned by digest (…@sha256:<64 hex>)",
+                "message": "spec.model.image.reference must be pinned by digest "
+                "(…@sha256:<64 hex>)",
             }
         ),
     )
@@ -115,7 +122,8 @@ class DatasetSource(CamelModel):
 
     pvc: PvcPath = Field(description="Encrypted dataset file on a PersistentVolumeClaim.")
     format: Literal["alpaca", "sharegpt", "text"] = Field(
-        description="Record format: alpaca (JSON array or JSONL), sharegpt, or text (one sample a line)."
+        description="Record format: alpaca (JSON array or JSONL), sharegpt, "
+        "or text (one sample a line)."
     )
     key_secret: SecretKeyRef = Field(description="Secret holding the dataset's data key.")
 
@@ -123,8 +131,12 @@ class DatasetSource(CamelModel):
 class OutputSpec(CamelModel):
     """Where the encrypted adapter goes."""
 
-    pvc: PvcPath = Field(description="Directory on a PersistentVolumeClaim for the encrypted adapter.")
-    key_secret: SecretKeyRef = Field(description="Secret holding the key the adapter is encrypted with.")
+    pvc: PvcPath = Field(
+        description="Directory on a PersistentVolumeClaim for the encrypted adapter."
+    )
+    key_secret: SecretKeyRef = Field(
+        description="Secret holding the key the adapter is encrypted with."
+    )
 
 
 class CheckpointSpec(CamelModel):
@@ -143,7 +155,9 @@ class CheckpointSpec(CamelModel):
             {"rule": "isQuantity(self)", "message": "must be a quantity such as 50Gi"}
         ),
     )
-    interval_steps: int = Field(50, ge=1, le=1_000_000, description="Write a checkpoint every N steps.")
+    interval_steps: int = Field(
+        50, ge=1, le=1_000_000, description="Write a checkpoint every N steps."
+    )
 
 
 class ResourceSpec(CamelModel):
@@ -157,19 +171,25 @@ class ResourceSpec(CamelModel):
         "4",
         max_length=64,
         description="CPU request and limit (quantity).",
-        json_schema_extra=_cel({"rule": "isQuantity(self)", "message": "must be a quantity such as 4 or 500m"}),
+        json_schema_extra=_cel(
+            {"rule": "isQuantity(self)", "message": "must be a quantity such as 4 or 500m"}
+        ),
     )
     memory: str = Field(
         "32Gi",
         max_length=64,
         description="Memory request and limit (quantity).",
-        json_schema_extra=_cel({"rule": "isQuantity(self)", "message": "must be a quantity such as 32Gi"}),
+        json_schema_extra=_cel(
+            {"rule": "isQuantity(self)", "message": "must be a quantity such as 32Gi"}
+        ),
     )
     scratch_size: str = Field(
         "8Gi",
         max_length=64,
         description="Size limit of the memory-backed scratch volume (counts against memory).",
-        json_schema_extra=_cel({"rule": "isQuantity(self)", "message": "must be a quantity such as 8Gi"}),
+        json_schema_extra=_cel(
+            {"rule": "isQuantity(self)", "message": "must be a quantity such as 8Gi"}
+        ),
     )
     nodes: int = Field(
         1, ge=1, le=1, description="Number of nodes. Only single-node training is supported yet."
@@ -185,7 +205,9 @@ class Toleration(CamelModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to tolerate (empty: all)."
     )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class SchedulingSpec(CamelModel):
@@ -216,7 +238,9 @@ class FineTuneJobSpec(CamelModel):
     dataset: DatasetSource = Field(
         description="Encrypted training data.", json_schema_extra=_cel(_immutable("dataset"))
     )
-    pii: PiiConfig = Field(default_factory=PiiConfig, description="PII redaction before tokenization.")
+    pii: PiiConfig = Field(
+        default_factory=PiiConfig, description="PII redaction before tokenization."
+    )
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="LoRA/QLoRA hyper-parameters.",
@@ -240,8 +264,8 @@ class FineTuneJobSpec(CamelModel):
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Memorization audit.")
     pod_annotations: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra annotations for the trainer pod (e.g. for a service mesh or autoscaler). "
-        "They cannot weaken the pod's security settings.",
+        description="Extra annotations for the trainer pod (e.g. for a service mesh or "
+        "autoscaler). They cannot weaken the pod's security settings.",
     )
     backoff_limit: int = Field(2, ge=0, le=10, description="Retries of the trainer pod on failure.")
     active_deadline_seconds: int | None = Field(
@@ -288,7 +312,9 @@ class AuditStatus(CamelModel):
     """Memorization audit results."""
 
     verdict: Literal["passed", "failed"] | None = Field(None, description="passed or failed.")
-    membership_auc: float | None = Field(None, description="Loss-threshold membership-inference AUC.")
+    membership_auc: float | None = Field(
+        None, description="Loss-threshold membership-inference AUC."
+    )
     canary_exposure: float | None = Field(None, description="Mean canary exposure in bits.")
     reasons: list[str] = Field(default_factory=list, description="Why the audit failed, if it did.")
 
@@ -296,7 +322,9 @@ class AuditStatus(CamelModel):
 class OutputStatus(CamelModel):
     """The encrypted adapter."""
 
-    path: str | None = Field(None, description="Path of the encrypted adapter inside the output PVC.")
+    path: str | None = Field(
+        None, description="Path of the encrypted adapter inside the output PVC."
+    )
     sha256: str | None = Field(None, description="sha256 of the adapter ciphertext.")
 
 
@@ -308,7 +336,9 @@ class FineTuneJobStatus(CamelModel):
     phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = Field(
         None, description="Pending, Queued, Running, Succeeded or Failed."
     )
-    observed_generation: int | None = Field(None, description="Last metadata.generation acted upon.")
+    observed_generation: int | None = Field(
+        None, description="Last metadata.generation acted upon."
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the trainer.")
     progress: ProgressStatus | None = Field(None, description="Training progress.")

@@ -73,7 +73,9 @@ def termination_summary(pods: list[Manifest]) -> dict[str, Any]:
 
 
 def _terminated(pods: list[Manifest]) -> Manifest | None:
-    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True):
+    for pod in sorted(
+        pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True
+    ):
         for cs in _container_statuses(pod):
             term = (cs.get("state") or {}).get("terminated")
             if term:
@@ -86,11 +88,14 @@ def _stuck(pods: list[Manifest]) -> tuple[str, str] | None:
     for pod in pods:
         status = pod.get("status") or {}
         for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                if cond.get("reason") == "Unschedulable":
-                    return "Unschedulable", (
-                        "no node can run the trainer: " + (cond.get("message") or "").strip()
-                    ).strip()
+            if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+                "PodScheduled",
+                "False",
+                "Unschedulable",
+            ):
+                return "Unschedulable", (
+                    "no node can run the trainer: " + (cond.get("message") or "").strip()
+                ).strip()
         for cs in _container_statuses(pod):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
@@ -116,30 +121,64 @@ def observe(job: Manifest | None, pods: list[Manifest]) -> Observation:
         if audit.get("verdict") == "failed":
             reasons = "; ".join(str(r) for r in audit.get("reasons") or []) or "thresholds exceeded"
             return Observation(
-                "Failed", "AuditFailed", f"memorization audit failed: {reasons}", summary, start, done
+                "Failed",
+                "AuditFailed",
+                f"memorization audit failed: {reasons}",
+                summary,
+                start,
+                done,
             )
-        return Observation("Succeeded", "TrainingComplete", "the adapter is trained and encrypted",
-                           summary, start, done)
+        return Observation(
+            "Succeeded",
+            "TrainingComplete",
+            "the adapter is trained and encrypted",
+            summary,
+            start,
+            done,
+        )
     failed = _job_condition(job, "Failed")
     if failed:
         term = _terminated(pods) or {}
         finished = status.get("completionTime") or failed.get("lastTransitionTime")
         if term.get("reason") == "OOMKilled":
-            return Observation("Failed", "OOMKilled",
-                               "the trainer ran out of memory; raise resources.memory or lower "
-                               "training.microBatchSize", summary, start, finished)
+            return Observation(
+                "Failed",
+                "OOMKilled",
+                "the trainer ran out of memory; raise resources.memory or lower "
+                "training.microBatchSize",
+                summary,
+                start,
+                finished,
+            )
         if failed.get("reason") == "DeadlineExceeded":
-            return Observation("Failed", "DeadlineExceeded",
-                               "the job ran past activeDeadlineSeconds", summary, start, finished)
+            return Observation(
+                "Failed",
+                "DeadlineExceeded",
+                "the job ran past activeDeadlineSeconds",
+                summary,
+                start,
+                finished,
+            )
         error = summary.get("error") or {}
         if isinstance(error, dict) and error.get("reason"):
-            return Observation("Failed", str(error["reason"]), str(error.get("message", "")),
-                               summary, start, finished)
+            return Observation(
+                "Failed",
+                str(error["reason"]),
+                str(error.get("message", "")),
+                summary,
+                start,
+                finished,
+            )
         code = term.get("exitCode")
         detail = f" (exit code {code})" if code is not None else ""
-        return Observation("Failed", str(failed.get("reason") or "TrainerFailed"),
-                           (failed.get("message") or "the trainer failed") + detail,
-                           summary, start, finished)
+        return Observation(
+            "Failed",
+            str(failed.get("reason") or "TrainerFailed"),
+            (failed.get("message") or "the trainer failed") + detail,
+            summary,
+            start,
+            finished,
+        )
     if (job.get("spec") or {}).get("suspend"):
         return Observation("Queued", "QueuedInKueue", "waiting for Kueue to admit the job")
     stuck = _stuck(pods)
@@ -147,8 +186,9 @@ def observe(job: Manifest | None, pods: list[Manifest]) -> Observation:
         return Observation("Pending", stuck[0], stuck[1], summary, start)
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         return Observation("Running", "TrainerRunning", "the trainer is running", summary, start)
-    return Observation("Pending", "WaitingForPod", "waiting for the trainer pod to start",
-                       summary, start)
+    return Observation(
+        "Pending", "WaitingForPod", "waiting for the trainer pod to start", summary, start
+    )
 
 
 def set_condition(
@@ -174,7 +214,15 @@ def set_condition(
             "lastTransitionTime": since,
         }
     )
-    order = ["NetworkIsolated", "ResourcesReady", "Queued", "Running", "Succeeded", "Failed", "AuditPassed"]
+    order = [
+        "NetworkIsolated",
+        "ResourcesReady",
+        "Queued",
+        "Running",
+        "Succeeded",
+        "Failed",
+        "AuditPassed",
+    ]
     return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
@@ -186,10 +234,15 @@ def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
     if "epsilon" in privacy or "dp_enabled" in privacy or "dpEnabled" in privacy:
         dp_enabled = bool(privacy.get("dpEnabled", privacy.get("dp_enabled", eps is not None)))
         finite = isinstance(eps, (int, float)) and eps != float("inf")
+        eps = float(eps) if finite and eps is not None else None
         out["privacy"] = {
             "dpEnabled": dp_enabled and finite,
-            **({"epsilonSpent": float(eps)} if finite else {}),
-            **({"delta": float(privacy["delta"])} if isinstance(privacy.get("delta"), (int, float)) else {}),
+            **({"epsilonSpent": eps} if eps is not None else {}),
+            **(
+                {"delta": float(privacy["delta"])}
+                if isinstance(privacy.get("delta"), (int, float))
+                else {}
+            ),
         }
         nm = privacy.get("noiseMultiplier", privacy.get("noise_multiplier"))
         if isinstance(nm, (int, float)):
@@ -213,10 +266,16 @@ def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
     if isinstance(steps, int):
         out["progress"] = {
             "step": steps,
-            "totalSteps": int(summary.get("totalSteps", summary.get("total_steps", steps)) or steps),
+            "totalSteps": int(
+                summary.get("totalSteps", summary.get("total_steps", steps)) or steps
+            ),
             "percent": 100,
             "epoch": float(summary.get("epochs", 0) or 0),
-            **({"loss": float(summary["finalLoss"])} if isinstance(summary.get("finalLoss"), (int, float)) else {}),
+            **(
+                {"loss": float(summary["finalLoss"])}
+                if isinstance(summary.get("finalLoss"), (int, float))
+                else {}
+            ),
         }
     redactions = summary.get("redactions")
     if isinstance(redactions, dict):
@@ -231,25 +290,51 @@ def job_status(
     at = at or now()
     conds = list(current.get("conditions") or [])
     phase = obs.phase
-    conds = set_condition(conds, "Queued", "True" if phase == "Queued" else "False",
-                          obs.reason if phase == "Queued" else "Admitted",
-                          obs.message if phase == "Queued" else "", generation, at)
+    conds = set_condition(
+        conds,
+        "Queued",
+        "True" if phase == "Queued" else "False",
+        obs.reason if phase == "Queued" else "Admitted",
+        obs.message if phase == "Queued" else "",
+        generation,
+        at,
+    )
     running = phase == "Running"
-    conds = set_condition(conds, "Running", "True" if running else "False", obs.reason,
-                          obs.message, generation, at)
+    conds = set_condition(
+        conds, "Running", "True" if running else "False", obs.reason, obs.message, generation, at
+    )
     succeeded = phase == "Succeeded"
-    conds = set_condition(conds, "Succeeded", "True" if succeeded else "False",
-                          obs.reason, obs.message if succeeded else "", generation, at)
+    conds = set_condition(
+        conds,
+        "Succeeded",
+        "True" if succeeded else "False",
+        obs.reason,
+        obs.message if succeeded else "",
+        generation,
+        at,
+    )
     failed = phase == "Failed"
-    conds = set_condition(conds, "Failed", "True" if failed else "False",
-                          obs.reason if failed else "NotFailed", obs.message if failed else "",
-                          generation, at)
+    conds = set_condition(
+        conds,
+        "Failed",
+        "True" if failed else "False",
+        obs.reason if failed else "NotFailed",
+        obs.message if failed else "",
+        generation,
+        at,
+    )
     audit = obs.summary.get("audit")
     if isinstance(audit, dict) and audit.get("verdict"):
         ok = audit["verdict"] == "passed"
-        conds = set_condition(conds, "AuditPassed", "True" if ok else "False",
-                              "AuditPassed" if ok else "AuditFailed",
-                              "memorization audit passed" if ok else obs.message, generation, at)
+        conds = set_condition(
+            conds,
+            "AuditPassed",
+            "True" if ok else "False",
+            "AuditPassed" if ok else "AuditFailed",
+            "memorization audit passed" if ok else obs.message,
+            generation,
+            at,
+        )
     status: Manifest = {
         "phase": phase,
         "observedGeneration": generation,
@@ -264,8 +349,9 @@ def job_status(
     return status
 
 
-def blocked_status(current: Manifest, generation: int, reason: str, message: str,
-                   at: str | None = None) -> Manifest:
+def blocked_status(
+    current: Manifest, generation: int, reason: str, message: str, at: str | None = None
+) -> Manifest:
     """Status of a job whose references failed their checks: nothing was created."""
     at = at or now()
     conds = list(current.get("conditions") or [])
@@ -273,14 +359,32 @@ def blocked_status(current: Manifest, generation: int, reason: str, message: str
     return {"phase": "Pending", "observedGeneration": generation, "conditions": conds}
 
 
-def setup_status(current: Manifest, generation: int, ctype: str, ok: bool, reason: str,
-                 message: str, at: str | None = None) -> Manifest:
+def setup_status(
+    current: Manifest,
+    generation: int,
+    ctype: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    at: str | None = None,
+) -> Manifest:
     """Record one setup step (NetworkIsolated, ResourcesReady) in the conditions."""
     at = at or now()
-    conds = set_condition(list(current.get("conditions") or []), ctype, "True" if ok else "False",
-                          reason, message, generation, at)
-    return {**current, "observedGeneration": generation, "conditions": conds,
-            "phase": current.get("phase") or "Pending"}
+    conds = set_condition(
+        list(current.get("conditions") or []),
+        ctype,
+        "True" if ok else "False",
+        reason,
+        message,
+        generation,
+        at,
+    )
+    return {
+        **current,
+        "observedGeneration": generation,
+        "conditions": conds,
+        "phase": current.get("phase") or "Pending",
+    }
 
 
 def transitions(before: Manifest, after: Manifest) -> list[tuple[str, str, str]]:
@@ -291,11 +395,16 @@ def transitions(before: Manifest, after: Manifest) -> list[tuple[str, str, str]]
         prev = old.get(cond["type"])
         if prev and prev.get("status") == cond["status"] and prev.get("reason") == cond["reason"]:
             continue
-        if cond["status"] != "True" and cond["type"] not in SETUP_CONDITIONS + ("AuditPassed",):
+        if cond["status"] != "True" and cond["type"] not in (*SETUP_CONDITIONS, "AuditPassed"):
             continue  # "not running" / "not failed" are not news
         warning = cond["type"] == "Failed" or (cond["status"] == "False")
-        events.append(("Warning" if warning else "Normal", cond["reason"],
-                       cond.get("message") or f"{cond['type']} is {cond['status']}"))
+        events.append(
+            (
+                "Warning" if warning else "Normal",
+                cond["reason"],
+                cond.get("message") or f"{cond['type']} is {cond['status']}",
+            )
+        )
     if before.get("phase") != after.get("phase") and not events:
         events.append(("Normal", f"Phase{after.get('phase')}", f"phase is {after.get('phase')}"))
     return events

@@ -23,8 +23,9 @@ OPERATOR_SA = "sealtune-operator"
 STORAGE_CLASS = "encrypted"
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.3,
-              what: str = "condition") -> Any:
+def wait_for(
+    check: Callable[[], Any], timeout: float = 60, interval: float = 0.3, what: str = "condition"
+) -> Any:
     """Poll until `check()` is truthy; its last value or exception goes into the failure."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -33,23 +34,43 @@ def wait_for(check: Callable[[], Any], timeout: float = 60, interval: float = 0.
             last = check()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def helm() -> str:
-    return subprocess.run(["bash", str(REPO / "hack" / "get-helm.sh")], check=True,
-                          stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    return (
+        subprocess.run(
+            ["bash", str(REPO / "hack" / "get-helm.sh")],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
 
 
 def chart_rbac(namespace: str) -> list[dict[str, Any]]:
     """The ServiceAccount and RBAC exactly as the Helm chart ships them."""
     out = subprocess.run(
-        [helm(), "template", "sealtune", str(REPO / "charts" / "sealtune"), "--namespace", namespace,
-         "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
-        check=True, stdout=subprocess.PIPE, text=True,
+        [
+            helm(),
+            "template",
+            "sealtune",
+            str(REPO / "charts" / "sealtune"),
+            "--namespace",
+            namespace,
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -66,19 +87,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     try:
         for crd in sorted((REPO / "crds").glob("*.yaml")):
             c.kubectl("apply", "--server-side", "-f", str(crd))
-        c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                  "crd/finetunejobs.sealtune.io", "crd/clusterkopfpeerings.kopf.dev")
-        c.apply([
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-            {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-             "metadata": {"name": STORAGE_CLASS}, "provisioner": "kubernetes.io/no-provisioner",
-             "volumeBindingMode": "Immediate"},
-            {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-             "metadata": {"name": "plain"}, "provisioner": "kubernetes.io/no-provisioner",
-             "volumeBindingMode": "Immediate"},
-            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-             "metadata": {"name": "sealtune"}},
-        ])
+        c.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/finetunejobs.sealtune.io",
+            "crd/clusterkopfpeerings.kopf.dev",
+        )
+        c.apply(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {"name": STORAGE_CLASS},
+                    "provisioner": "kubernetes.io/no-provisioner",
+                    "volumeBindingMode": "Immediate",
+                },
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {"name": "plain"},
+                    "provisioner": "kubernetes.io/no-provisioner",
+                    "volumeBindingMode": "Immediate",
+                },
+                {
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "ClusterKopfPeering",
+                    "metadata": {"name": "sealtune"},
+                },
+            ]
+        )
         c.apply(chart_rbac(OPERATOR_NS))
         yield c
     finally:
@@ -96,13 +135,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def operator_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
     """A kubeconfig that authenticates as the operator's ServiceAccount (real RBAC applies)."""
-    token = cluster.kubectl("create", "token", OPERATOR_SA, "-n", OPERATOR_NS,
-                            "--duration=24h").stdout.strip()
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=24h"
+    ).stdout.strip()
     cfg = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": cluster.server,
-            "certificate-authority": str(cluster.workdir / "pki" / "ca.crt")}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.workdir / "pki" / "ca.crt"),
+                },
+            }
+        ],
         "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": OPERATOR_SA}}],
         "current-context": "local",
@@ -125,17 +172,30 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "SEALTUNE_OPERATOR_NAMESPACE": OPERATOR_NS,
-               "SEALTUNE_ENCRYPTING_STORAGE_CLASSES": STORAGE_CLASS,
-               "SEALTUNE_TRAINER_IMAGE": "registry.local/sealtune/trainer@sha256:" + "a" * 64,
-               "POD_NAME": self.name}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "SEALTUNE_OPERATOR_NAMESPACE": OPERATOR_NS,
+            "SEALTUNE_ENCRYPTING_STORAGE_CLASSES": STORAGE_CLASS,
+            "SEALTUNE_TRAINER_IMAGE": "registry.local/sealtune/trainer@sha256:" + "a" * 64,
+            "POD_NAME": self.name,
+        }
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sealtune_operator.main", "--all-namespaces",
-             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
-             *self.extra],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "sealtune_operator.main",
+                "--all-namespaces",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+                *self.extra,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         if wait:
             wait_for(self.healthy, timeout=60, what=f"{self.name} liveness")
@@ -143,15 +203,20 @@ class OperatorProcess:
 
     def healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, (
-            f"{self.name} exited; see {self.log_path}")
+            f"{self.name} exited; see {self.log_path}"
+        )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
             return str(r.read().decode())
 
     def kill(self) -> None:
@@ -187,8 +252,11 @@ class Namespace:
         return self.cluster.kubectl("-n", self.name, *args, **kw)
 
     def apply(self, manifest: Any, **kw: Any) -> str:
-        return self.cluster.apply(manifest, **kw) if isinstance(manifest, str) else \
-            self.cluster.apply(_in_ns(manifest, self.name), **kw)
+        return (
+            self.cluster.apply(manifest, **kw)
+            if isinstance(manifest, str)
+            else self.cluster.apply(_in_ns(manifest, self.name), **kw)
+        )
 
     def get(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -200,26 +268,41 @@ class Namespace:
     def bound_pvc(self, name: str, size: str = "100Gi", storage_class: str = STORAGE_CLASS) -> None:
         """A PVC with a PV pre-bound to it, so pods using it can be scheduled."""
         self.pv_for(name, size, storage_class)
-        self.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": name},
-                    "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
-                             "resources": {"requests": {"storage": size}}}})
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "resources": {"requests": {"storage": size}},
+                },
+            }
+        )
 
     def pv_for(self, claim: str, size: str = "100Gi", storage_class: str = STORAGE_CLASS) -> None:
         """A PV reserved for a claim the operator will create (e.g. `<job>-checkpoints`)."""
-        self.cluster.apply({
-            "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": f"pv-{self.name}-{claim}"[:253]},
-            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
-                     "storageClassName": storage_class,
-                     "persistentVolumeReclaimPolicy": "Delete",
-                     "hostPath": {"path": f"/tmp/sealtune-pv/{self.name}/{claim}"},
-                     "claimRef": {"namespace": self.name, "name": claim}},
-        })
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"pv-{self.name}-{claim}"[:253]},
+                "spec": {
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "hostPath": {"path": f"/tmp/sealtune-pv/{self.name}/{claim}"},
+                    "claimRef": {"namespace": self.name, "name": claim},
+                },
+            }
+        )
 
     def key_secret(self, name: str) -> None:
-        self.kubectl("create", "secret", "generic", name,
-                     f"--from-literal=key={os.urandom(32).hex()[:32]}")
+        self.kubectl(
+            "create", "secret", "generic", name, f"--from-literal=key={os.urandom(32).hex()[:32]}"
+        )
 
     def prerequisites_for_example(self, job: str = "clinical-notes-lora") -> None:
         for claim in ("base-models", "clinical-data", "adapters"):
@@ -240,10 +323,19 @@ def _in_ns(manifest: Any, ns: str) -> Any:
 @pytest.fixture
 def namespace(cluster: LocalCluster) -> Iterator[Namespace]:
     name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": name,
-        "labels": {"pod-security.kubernetes.io/enforce": "restricted",
-                   "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
     yield Namespace(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

@@ -30,7 +30,9 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
 
 
 def test_every_spec_field_has_a_description_and_no_refs() -> None:
-    spec = finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
     for path, node in _walk(spec, "spec"):
         assert "$ref" not in node and "anyOf" not in node, path
         if not path.endswith("[]"):
@@ -44,12 +46,22 @@ def test_status_keeps_kopf_fields_and_printer_columns() -> None:
     assert status["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Progress", "Epsilon", "Age"]
+        "Phase",
+        "Progress",
+        "Epsilon",
+        "Age",
+    ]
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
 
 def test_cel_rules_present_for_what_a_schema_cannot_say() -> None:
     text = yaml.safe_dump(finetunejob_crd())
-    for rule in ("self == oldSelf", "self.targetEpsilon > 0.0", "self.delta < 1.0",
-                 "has(self.pvc) ? 1 : 0", "dns1123Subdomain", "isQuantity(self)"):
+    for rule in (
+        "self == oldSelf",
+        "self.targetEpsilon > 0.0",
+        "self.delta < 1.0",
+        "has(self.pvc) ? 1 : 0",
+        "dns1123Subdomain",
+        "isQuantity(self)",
+    ):
         assert rule in text, rule

@@ -34,8 +34,14 @@ def pod_spec(job: dict[str, Any]) -> dict[str, Any]:
 def test_children_order_network_policy_first_job_last() -> None:
     body, spec = owner()
     kinds = [c["kind"] for c in render.children(body, spec, SETTINGS, KEY)]
-    assert kinds == ["NetworkPolicy", "Secret", "PersistentVolumeClaim", "ConfigMap",
-                     "ServiceAccount", "Job"]
+    assert kinds == [
+        "NetworkPolicy",
+        "Secret",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "ServiceAccount",
+        "Job",
+    ]
 
 
 def test_every_child_is_owned_and_labelled() -> None:
@@ -59,7 +65,8 @@ def test_network_policy_denies_all_egress_and_admits_only_operator_metrics() -> 
     peer = rule["from"][0]
     assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "sealtune-operator"}
     assert peer["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": SETTINGS.operator_namespace}
+        "kubernetes.io/metadata.name": SETTINGS.operator_namespace
+    }
     # The policy selects exactly the trainer's pods.
     job = render.job(body, FineTuneJobSpec.model_validate(body["spec"]), SETTINGS)
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
@@ -99,10 +106,14 @@ def test_pod_is_restricted_offline_and_keys_are_read_only_files() -> None:
 
 
 def test_job_failure_policy_deadline_and_queue() -> None:
-    body, spec = owner(scheduling={"queueName": "gpu-queue", "nodeSelector": {"gpu": "a100"},
-                                   "priorityClassName": "high",
-                                   "tolerations": [{"key": "gpu", "operator": "Exists",
-                                                    "effect": "NoSchedule"}]})
+    body, spec = owner(
+        scheduling={
+            "queueName": "gpu-queue",
+            "nodeSelector": {"gpu": "a100"},
+            "priorityClassName": "high",
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        }
+    )
     job = render.job(body, spec, SETTINGS)
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert job["spec"]["suspend"] is True
@@ -125,14 +136,21 @@ def test_no_queue_means_not_suspended() -> None:
 
 
 def test_shared_claim_is_one_volume_with_per_use_read_only_mounts() -> None:
-    body, spec = owner(output={"pvc": {"claimName": "clinical-data", "path": "out"},
-                               "keySecret": {"name": "k"}})
+    body, spec = owner(
+        output={"pvc": {"claimName": "clinical-data", "path": "out"}, "keySecret": {"name": "k"}}
+    )
     pod = pod_spec(render.job(body, spec, SETTINGS))
-    claims = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName")
-              == "clinical-data"]
+    claims = [
+        v
+        for v in pod["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == "clinical-data"
+    ]
     assert len(claims) == 1 and claims[0]["persistentVolumeClaim"]["readOnly"] is False
-    mounts = {m["mountPath"]: m["readOnly"] for m in pod["containers"][0]["volumeMounts"]
-              if m["name"] == claims[0]["name"]}
+    mounts = {
+        m["mountPath"]: m["readOnly"]
+        for m in pod["containers"][0]["volumeMounts"]
+        if m["name"] == claims[0]["name"]
+    }
     assert mounts == {"/data": True, "/output": False}
 
 

@@ -8,21 +8,13 @@ Field names are camelCase on the wire (Kubernetes convention) and snake_case in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-PII_ENTITIES: tuple[str, ...] = (
-    "EMAIL",
-    "PHONE",
-    "CN_ID",
-    "BANK_CARD",
-    "IBAN",
-    "IP_ADDRESS",
-    "US_SSN",
-)
 PiiEntity = Literal["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IBAN", "IP_ADDRESS", "US_SSN"]
+PII_ENTITIES: tuple[PiiEntity, ...] = get_args(PiiEntity)
 
 
 class CamelModel(BaseModel):

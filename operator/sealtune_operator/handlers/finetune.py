@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -95,7 +95,7 @@ def check_references(namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] |
 
 def _post_events(body: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
     for etype, reason, message in st.transitions(before, after):
-        kopf.event(body, type=etype, reason=reason, message=message)
+        kopf.event(cast(kopf.Body, body), type=etype, reason=reason, message=message)
 
 
 def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
@@ -111,8 +111,13 @@ def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
     metrics.PHASES.labels(new.get("phase") or "Unknown")  # make the series exist
 
 
-def refresh(namespace: str, name: str, ftj_index: kopf.Index[Any, Any],
-            trainer_jobs: kopf.Index[Any, Any], trainer_pods: kopf.Index[Any, Any]) -> None:
+def refresh(
+    namespace: str,
+    name: str,
+    ftj_index: kopf.Index[Any, Any],
+    trainer_jobs: kopf.Index[Any, Any],
+    trainer_pods: kopf.Index[Any, Any],
+) -> None:
     """Recompute a job's status from its children and write it if it changed."""
     entry = _one(ftj_index, (namespace, name))
     if entry is None:
@@ -128,7 +133,9 @@ def refresh(namespace: str, name: str, ftj_index: kopf.Index[Any, Any],
         job = _one(trainer_jobs, key)
         pods = list(trainer_pods.get(key) or [])
         obs = st.observe(job, pods)
-        new = st.job_status(current, int(body["metadata"].get("generation", 1)), current["jobName"], obs)
+        new = st.job_status(
+            current, int(body["metadata"].get("generation", 1)), current["jobName"], obs
+        )
         _write_status(body, new)
 
 
@@ -167,25 +174,38 @@ def reconcile(body: dict[str, Any], trainer_jobs: kopf.Index[Any, Any]) -> None:
             except ApiException as exc:
                 err = kube.explain(exc, f"{kind} {child['metadata']['name']}")
                 ctype = "NetworkIsolated" if kind == "NetworkPolicy" else "ResourcesReady"
-                status = st.setup_status(status, generation, ctype, False, f"{kind}{err.reason}",
-                                         err.message)
+                status = st.setup_status(
+                    status, generation, ctype, False, f"{kind}{err.reason}", err.message
+                )
                 _write_status(body, status)
                 metrics.ERRORS.labels("FineTuneJob", kind).inc()
                 # A temporary error: Kopf retries with backoff; nothing after this child exists.
                 raise kopf.TemporaryError(err.message, delay=15) from exc
             if kind == "NetworkPolicy":
-                status = st.setup_status(status, generation, "NetworkIsolated", True, "EgressDenied",
-                                         "all egress denied; ingress only from the operator to metrics")
-        status = st.setup_status(status, generation, "ResourcesReady", True, "Created",
-                                 "checkpoint key, PVC, config, service account and Job created")
+                status = st.setup_status(
+                    status,
+                    generation,
+                    "NetworkIsolated",
+                    True,
+                    "EgressDenied",
+                    "all egress denied; ingress only from the operator to metrics",
+                )
+        status = st.setup_status(
+            status,
+            generation,
+            "ResourcesReady",
+            True,
+            "Created",
+            "checkpoint key, PVC, config, service account and Job created",
+        )
         status = st.job_status(status, generation, names.job, st.observe(None, []))
         _write_status(body, status)
     metrics.RECONCILES.labels("FineTuneJob", "created").inc()
     metrics.LATENCY.labels("FineTuneJob").observe(time.monotonic() - started)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
-@kopf.on.create(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")  # type: ignore[arg-type]
 def on_change(body: kopf.Body, trainer_jobs: kopf.Index[Any, Any], **_: Any) -> None:
     try:
@@ -215,15 +235,26 @@ def on_delete(namespace: str, name: str, trainer_pods: kopf.Index[Any, Any], **_
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILD_FILTER)  # type: ignore[arg-type]
 @kopf.on.event("", "v1", "pods", labels=CHILD_FILTER)  # type: ignore[arg-type]
-def on_child_event(namespace: str, labels: kopf.Labels, ftj_index: kopf.Index[Any, Any],
-                   trainer_jobs: kopf.Index[Any, Any], trainer_pods: kopf.Index[Any, Any],
-                   **_: Any) -> None:
+def on_child_event(
+    namespace: str,
+    labels: kopf.Labels,
+    ftj_index: kopf.Index[Any, Any],
+    trainer_jobs: kopf.Index[Any, Any],
+    trainer_pods: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
     refresh(namespace, labels["sealtune.io/finetunejob"], ftj_index, trainer_jobs, trainer_pods)
 
 
 @kopf.on.event("", "v1", "persistentvolumeclaims")  # type: ignore[arg-type]
-def on_pvc_event(namespace: str, name: str, type: str | None, ftj_index: kopf.Index[Any, Any],
-                 trainer_jobs: kopf.Index[Any, Any], **_: Any) -> None:
+def on_pvc_event(
+    namespace: str,
+    name: str,
+    type: str | None,
+    ftj_index: kopf.Index[Any, Any],
+    trainer_jobs: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
     """A PVC appeared or changed: re-check jobs that were blocked on a missing reference."""
     if type not in ("ADDED", "MODIFIED", None):
         return
@@ -238,7 +269,7 @@ def on_pvc_event(namespace: str, name: str, type: str | None, ftj_index: kopf.In
                 conds[c["type"]] = c
             ready = conds.get("ResourcesReady") or {}
             if ready.get("status") == "False" and ready.get("reason") in BLOCKED_REASONS:
-                spec = (body.get("spec") or {})
+                spec = body.get("spec") or {}
                 claims = {
                     ((spec.get("model") or {}).get("pvc") or {}).get("claimName"),
                     ((spec.get("dataset") or {}).get("pvc") or {}).get("claimName"),

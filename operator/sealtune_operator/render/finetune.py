@@ -124,11 +124,15 @@ def checkpoint_pvc(owner: Manifest, spec: FineTuneJobSpec) -> Manifest:
     }
 
 
-def trainer_config(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> TrainerConfig:
+def trainer_config(
+    owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings
+) -> TrainerConfig:
     """The trainer's view of the job: paths as mounted in the pod, sections as written."""
     meta = owner["metadata"]
     model_root = MOUNTS["model"]
-    model_path = spec.model.pvc.path if spec.model.pvc else spec.model.image.path if spec.model.image else ""
+    model_path = (
+        spec.model.pvc.path if spec.model.pvc else spec.model.image.path if spec.model.image else ""
+    )
     return TrainerConfig(
         job_name=meta["name"],
         job_uid=meta.get("uid", ""),

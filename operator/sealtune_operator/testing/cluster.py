@@ -16,7 +16,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -49,7 +48,9 @@ def binaries() -> Path:
     """Build or reuse the cached Kubernetes binaries; returns their directory."""
     out = subprocess.run(
         ["bash", str(REPO / "hack" / "get-k8s-binaries.sh")],
-        check=True, stdout=subprocess.PIPE, text=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -62,12 +63,24 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key: Any) -> bytes:
-    return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
-def _cert(subject_cn: str, key: Any, issuer: tuple[x509.Certificate, Any] | None, *,
-          org: str | None = None, ca: bool = False, server: bool = False) -> x509.Certificate:
+def _cert(
+    subject_cn: str,
+    key: Any,
+    issuer: tuple[x509.Certificate, Any] | None,
+    *,
+    org: str | None = None,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
     name_attrs = [x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]
     if org:
         name_attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
@@ -85,12 +98,16 @@ def _cert(subject_cn: str, key: Any, issuer: tuple[x509.Certificate, Any] | None
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.DNSName("kubernetes"),
-                x509.DNSName("kubernetes.default"), x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes"),
+                    x509.DNSName("kubernetes.default"),
+                    x509.DNSName("kubernetes.default.svc"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                ]
+            ),
             critical=False,
         )
     if not ca:
@@ -112,8 +129,12 @@ def _write_pki(pki: Path) -> None:
     server = _cert("kube-apiserver", server_key, (ca, ca_key), server=True)
     (pki / "apiserver.crt").write_bytes(server.public_bytes(serialization.Encoding.PEM))
     (pki / "apiserver.key").write_bytes(_pem_key(server_key))
-    for user, org in (("admin", "system:masters"), ("system:kube-controller-manager", "system:masters"),
-                      ("system:kube-scheduler", "system:masters"), ("kwok", "system:masters")):
+    for user, org in (
+        ("admin", "system:masters"),
+        ("system:kube-controller-manager", "system:masters"),
+        ("system:kube-scheduler", "system:masters"),
+        ("kwok", "system:masters"),
+    ):
         key = _key()
         cert = _cert(user, key, (ca, ca_key), org=org)
         stem = user.replace("system:", "").replace(":", "-")
@@ -122,8 +143,9 @@ def _write_pki(pki: Path) -> None:
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (pki / "sa.key").write_bytes(_pem_key(sa))
     (pki / "sa.pub").write_bytes(
-        sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+        sa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
 
 
@@ -131,10 +153,21 @@ def _kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server,
-                                                   "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": user, "user": {"client-certificate": str(pki / f"{user}.crt"),
-                                          "client-key": str(pki / f"{user}.key")}}],
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(pki / f"{user}.crt"),
+                    "client-key": str(pki / f"{user}.key"),
+                },
+            }
+        ],
         "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
         "current-context": "local",
     }
@@ -162,8 +195,14 @@ class LocalCluster:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, workdir: Path, *, kwok: bool = True,
-              controllers: bool = True, bin_dir: Path | None = None) -> Iterator[LocalCluster]:
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        kwok: bool = True,
+        controllers: bool = True,
+        bin_dir: Path | None = None,
+    ) -> Iterator[LocalCluster]:
         cluster = cls.boot(workdir, kwok=kwok, controllers=controllers, bin_dir=bin_dir)
         try:
             yield cluster
@@ -171,8 +210,14 @@ class LocalCluster:
             cluster.stop()
 
     @classmethod
-    def boot(cls, workdir: Path, *, kwok: bool = True, controllers: bool = True,
-             bin_dir: Path | None = None) -> LocalCluster:
+    def boot(
+        cls,
+        workdir: Path,
+        *,
+        kwok: bool = True,
+        controllers: bool = True,
+        bin_dir: Path | None = None,
+    ) -> LocalCluster:
         bin_dir = bin_dir or binaries()
         workdir.mkdir(parents=True, exist_ok=True)
         pki = workdir / "pki"
@@ -198,75 +243,153 @@ class LocalCluster:
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
         self.processes[name] = subprocess.Popen(
-            [str(self.bin_dir / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
+            [str(self.bin_dir / args[0]), *args[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
     def _start_etcd_and_apiserver(self, pki: Path, port: int) -> None:
         etcd_port, peer_port = free_port(), free_port()
-        self._spawn("etcd", [
-            "etcd", "--data-dir", str(self.workdir / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync", "--quota-backend-bytes", str(4 << 30),
-        ])
-        self._spawn("kube-apiserver", [
+        self._spawn(
+            "etcd",
+            [
+                "etcd",
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes",
+                str(4 << 30),
+            ],
+        )
+        self._spawn(
             "kube-apiserver",
-            "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(port),
-            "--cert-dir", str(self.workdir / "apiserver-certs"),
-            "--tls-cert-file", str(pki / "apiserver.crt"),
-            "--tls-private-key-file", str(pki / "apiserver.key"),
-            "--client-ca-file", str(pki / "ca.crt"),
-            "--authorization-mode", "Node,RBAC",
-            "--enable-admission-plugins", "NodeRestriction",
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--service-account-key-file", str(pki / "sa.pub"),
-            "--service-account-signing-key-file", str(pki / "sa.key"),
-            "--service-cluster-ip-range", "10.0.0.0/24",
-            "--allow-privileged=false",
-            "--feature-gates", "ImageVolume=true",
-            "--max-requests-inflight", "800", "--max-mutating-requests-inflight", "400",
-        ])
+            [
+                "kube-apiserver",
+                "--etcd-servers",
+                f"http://127.0.0.1:{etcd_port}",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(port),
+                "--cert-dir",
+                str(self.workdir / "apiserver-certs"),
+                "--tls-cert-file",
+                str(pki / "apiserver.crt"),
+                "--tls-private-key-file",
+                str(pki / "apiserver.key"),
+                "--client-ca-file",
+                str(pki / "ca.crt"),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--enable-admission-plugins",
+                "NodeRestriction",
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--service-account-key-file",
+                str(pki / "sa.pub"),
+                "--service-account-signing-key-file",
+                str(pki / "sa.key"),
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--allow-privileged=false",
+                "--feature-gates",
+                "ImageVolume=true",
+                "--max-requests-inflight",
+                "800",
+                "--max-mutating-requests-inflight",
+                "400",
+            ],
+        )
         self.wait_ready()
 
     def _start_controllers(self, pki: Path) -> None:
         cm = self.workdir / "controller-manager.kubeconfig"
         _kubeconfig(cm, self.server, pki, "kube-controller-manager")
-        self._spawn("kube-controller-manager", [
-            "kube-controller-manager", "--kubeconfig", str(cm),
-            "--authentication-kubeconfig", str(cm), "--authorization-kubeconfig", str(cm),
-            "--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", "0",
-            "--service-account-private-key-file", str(pki / "sa.key"),
-            "--root-ca-file", str(pki / "ca.crt"),
-            "--use-service-account-credentials=false",
-            "--controllers", "*,-nodeipam,-nodelifecycle,-service-lb-controller,-cloud-node-lifecycle",
-            "--kube-api-qps", "200", "--kube-api-burst", "400",
-            "--concurrent-job-syncs", "20", "--concurrent-gc-syncs", "40",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                "kube-controller-manager",
+                "--kubeconfig",
+                str(cm),
+                "--authentication-kubeconfig",
+                str(cm),
+                "--authorization-kubeconfig",
+                str(cm),
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                "0",
+                "--service-account-private-key-file",
+                str(pki / "sa.key"),
+                "--root-ca-file",
+                str(pki / "ca.crt"),
+                "--use-service-account-credentials=false",
+                "--controllers",
+                "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+                "--kube-api-qps",
+                "200",
+                "--kube-api-burst",
+                "400",
+                "--concurrent-job-syncs",
+                "20",
+                "--concurrent-gc-syncs",
+                "40",
+            ],
+        )
         sched = self.workdir / "scheduler.kubeconfig"
         _kubeconfig(sched, self.server, pki, "kube-scheduler")
-        self._spawn("kube-scheduler", [
-            "kube-scheduler", "--kubeconfig", str(sched),
-            "--authentication-kubeconfig", str(sched), "--authorization-kubeconfig", str(sched),
-            "--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", "0",
-        ])
+        self._spawn(
+            "kube-scheduler",
+            [
+                "kube-scheduler",
+                "--kubeconfig",
+                str(sched),
+                "--authentication-kubeconfig",
+                str(sched),
+                "--authorization-kubeconfig",
+                str(sched),
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                "0",
+            ],
+        )
 
     def _start_kwok(self, pki: Path) -> None:
         kw = self.workdir / "kwok.kubeconfig"
         _kubeconfig(kw, self.server, pki, "kwok")
-        self._spawn("kwok", [
-            "kwok", "--kubeconfig", str(kw), "--config", str(STAGES),
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
-            "--node-ip=10.0.0.2", "--cidr=10.1.0.0/16",
-            "--server-address", f"127.0.0.1:{free_port()}",
-        ])
+        self._spawn(
+            "kwok",
+            [
+                "kwok",
+                "--kubeconfig",
+                str(kw),
+                "--config",
+                str(STAGES),
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
+                "--node-ip=10.0.0.2",
+                "--cidr=10.1.0.0/16",
+                "--server-address",
+                f"127.0.0.1:{free_port()}",
+            ],
+        )
 
     def stop(self) -> None:
         """SIGTERM everything (reverse start order), SIGKILL what lingers."""
@@ -286,7 +409,8 @@ class LocalCluster:
         self.processes.clear()
 
     def describe_logs(self) -> str:
-        return f"control-plane logs: {self.logs} ({', '.join(p.name for p in sorted(self.logs.glob('*.log')))})"
+        names = ", ".join(p.name for p in sorted(self.logs.glob("*.log")))
+        return f"control-plane logs: {self.logs} ({names})"
 
     # ------------------------------------------------------------------ access
 
@@ -306,7 +430,9 @@ class LocalCluster:
         while time.monotonic() < deadline:
             for name, proc in self.processes.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}; {self.describe_logs()}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode}; {self.describe_logs()}"
+                    )
             try:
                 if self.raw_get("/readyz", timeout=3).strip() == "ok":
                     return
@@ -315,22 +441,32 @@ class LocalCluster:
             time.sleep(0.5)
         raise TimeoutError(f"kube-apiserver not ready: {last}; {self.describe_logs()}")
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: Path | None = None, as_user: str | None = None,
-                ) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        as_user: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig)]
         if as_user:
             cmd += ["--as", as_user]
-        proc = subprocess.run([*cmd, *args], input=input, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [*cmd, *args], input=input, capture_output=True, text=True, timeout=120
+        )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, cmd + list(args), proc.stdout,
-                                                proc.stderr)
+            raise subprocess.CalledProcessError(
+                proc.returncode, cmd + list(args), proc.stdout, proc.stderr
+            )
         return proc
 
     def apply(self, manifest: dict[str, Any] | list[dict[str, Any]] | str, **kw: Any) -> str:
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump_all(
-            manifest if isinstance(manifest, list) else [manifest])
+        text = (
+            manifest
+            if isinstance(manifest, str)
+            else yaml.safe_dump_all(manifest if isinstance(manifest, list) else [manifest])
+        )
         return self.kubectl("apply", "-f", "-", input=text, **kw).stdout
 
     def get_json(self, *args: str) -> Any:
@@ -344,25 +480,46 @@ class LocalCluster:
                 "kind": "Node",
                 "metadata": {
                     "name": name,
-                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                               "kubernetes.io/arch": "amd64", "type": "kwok",
-                               "nvidia.com/gpu.present": "true"},
+                    "annotations": {
+                        "kwok.x-k8s.io/node": "fake",
+                        "node.alpha.kubernetes.io/ttl": "0",
+                    },
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        "nvidia.com/gpu.present": "true",
+                    },
                 },
                 "spec": {},
                 "status": {
-                    "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "500",
-                                    "nvidia.com/gpu": str(gpus)},
-                    "capacity": {"cpu": "64", "memory": "512Gi", "pods": "500",
-                                 "nvidia.com/gpu": str(gpus)},
+                    "allocatable": {
+                        "cpu": "64",
+                        "memory": "512Gi",
+                        "pods": "500",
+                        "nvidia.com/gpu": str(gpus),
+                    },
+                    "capacity": {
+                        "cpu": "64",
+                        "memory": "512Gi",
+                        "pods": "500",
+                        "nvidia.com/gpu": str(gpus),
+                    },
                 },
             }
             self.apply(node)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             nodes = self.get_json("nodes")["items"]
-            ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
-                                             for c in n.get("status", {}).get("conditions", []))]
+            ready = [
+                n
+                for n in nodes
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+            ]
             if len(ready) >= len(names):
                 return
             time.sleep(0.5)
@@ -370,5 +527,3 @@ class LocalCluster:
 
     def metrics(self) -> str:
         return self.raw_get("/metrics", timeout=30)
-
-

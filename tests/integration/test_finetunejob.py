@@ -1,0 +1,359 @@
+"""FineTuneJob end to end: real kube-apiserver, controller-manager, scheduler, KWOK nodes,
+and the real operator process running under the Helm chart's ServiceAccount and RBAC."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from tests.integration.conftest import (
+    OPERATOR_NS,
+    OPERATOR_SA,
+    Namespace,
+    OperatorProcess,
+    ftj_manifest,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+CHILDREN = {
+    "networkpolicy": "{}-isolation",
+    "secret": "{}-checkpoint-key",
+    "persistentvolumeclaim": "{}-checkpoints",
+    "configmap": "{}-trainer-config",
+    "serviceaccount": "{}-trainer",
+    "job": "{}-trainer",
+}
+
+
+def status(ns: Namespace, name: str) -> dict[str, Any]:
+    return dict(ns.get("finetunejob", name).get("status") or {})
+
+
+def phase_is(ns: Namespace, name: str, phase: str) -> Any:
+    st = status(ns, name)
+    return st if st.get("phase") == phase else None
+
+
+def condition(st: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def events(ns: Namespace, name: str) -> list[dict[str, Any]]:
+    items = ns.get(
+        "events", "--field-selector", f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"
+    )["items"]
+    return list(items)
+
+
+def test_example_creates_hardened_children_network_policy_first(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    ns.prerequisites_for_example()
+    applied = json.loads(
+        ns.kubectl(
+            "apply", "-f", "examples/finetunejob.yaml", "--dry-run=server", "-o", "json"
+        ).stdout
+    )
+    ns.kubectl("apply", "-f", "examples/finetunejob.yaml")
+    name = "clinical-notes-lora"
+    wait_for(lambda: ns.get_or_none("job", f"{name}-trainer"), what="trainer Job")
+    objs = {kind: ns.get(kind, tmpl.format(name)) for kind, tmpl in CHILDREN.items()}
+    ftj = ns.get("finetunejob", name)
+    for kind, obj in objs.items():
+        owner = obj["metadata"]["ownerReferences"][0]
+        assert owner["uid"] == ftj["metadata"]["uid"], kind
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sealtune-operator"
+    # Invariant 1: the isolating NetworkPolicy was written before the Job.
+    rv = {k: int(o["metadata"]["resourceVersion"]) for k, o in objs.items()}
+    assert rv["networkpolicy"] < rv["secret"] < rv["persistentvolumeclaim"] < rv["job"]
+    assert objs["serviceaccount"]["automountServiceAccountToken"] is False
+    assert objs["persistentvolumeclaim"]["spec"]["storageClassName"] == "encrypted"
+    # The pod was admitted under Pod Security `restricted` and ran to completion.
+    st = wait_for(lambda: phase_is(ns, name, "Succeeded"), timeout=90, what="phase Succeeded")
+    pods = ns.get("pods", "-l", f"sealtune.io/finetunejob={name}")["items"]
+    assert pods, "the Job's pod was not admitted"
+    assert st["observedGeneration"] == ftj["metadata"]["generation"]
+    for ctype in ("NetworkIsolated", "ResourcesReady", "Succeeded"):
+        cond = condition(st, ctype)
+        assert cond["status"] == "True", (ctype, cond)
+        assert cond["observedGeneration"] == ftj["metadata"]["generation"]
+    reasons = {e["reason"] for e in events(ns, name)}
+    assert {"EgressDenied", "Created", "TrainingComplete"} <= reasons, reasons
+    # Invariant 8: spec and annotations are exactly what the user applied.
+    after = ns.get("finetunejob", name)
+    assert after["spec"] == applied["spec"]
+    annotations = after["metadata"].get("annotations") or {}
+    assert set(annotations) <= {"kubectl.kubernetes.io/last-applied-configuration"}
+    assert after["metadata"]["finalizers"] == ["sealtune.io/finalizer"]
+    # Printer columns render.
+    table = ns.kubectl("get", "ftj", name).stdout
+    assert "PHASE" in table and "EPSILON" in table and "Succeeded" in table
+
+
+def test_restricted_namespace_really_enforces(namespace: Namespace) -> None:
+    """Sanity check of the admission the tests rely on: a root pod is refused."""
+    proc = namespace.kubectl(
+        "run",
+        "rooty",
+        "--image=busybox",
+        "--restart=Never",
+        "--overrides",
+        json.dumps({"spec": {"securityContext": {"runAsUser": 0}}}),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "restricted" in proc.stderr
+
+
+SUMMARY = {
+    "privacy": {"dpEnabled": True, "epsilon": 7.91, "delta": 1e-5, "noiseMultiplier": 0.83},
+    "steps": 120,
+    "totalSteps": 120,
+    "epochs": 2,
+    "finalLoss": 1.234,
+    "audit": {"verdict": "passed", "membershipAuc": 0.51, "canaryExposure": 1.7, "reasons": []},
+    "adapter": {"path": "clinical/adapter.tar.enc", "sha256": "d" * 64},
+    "redactions": {"PHONE": 12, "CN_ID": 4},
+}
+
+
+def _run_job(ns: Namespace, name: str, **spec: Any) -> None:
+    for claim in ("base-models", "clinical-data", "adapters"):
+        if ns.get_or_none("pvc", claim) is None:
+            ns.bound_pvc(claim)
+    for secret in ("clinical-data-key", "adapter-output-key"):
+        if ns.get_or_none("secret", secret) is None:
+            ns.key_secret(secret)
+    ns.pv_for(f"{name}-checkpoints")
+    ns.apply(ftj_manifest(name, **spec))
+
+
+def test_trainer_summary_reaches_status(namespace: Namespace, operator: OperatorProcess) -> None:
+    ns = namespace
+    _run_job(
+        ns,
+        "summary",
+        podAnnotations={
+            "sealtune.test/outcome": "Succeeded",
+            "sealtune.test/message": json.dumps(SUMMARY),
+        },
+    )
+    st = wait_for(lambda: phase_is(ns, "summary", "Succeeded"), timeout=90, what="Succeeded")
+    assert st["privacy"] == {
+        "dpEnabled": True,
+        "epsilonSpent": 7.91,
+        "delta": 1e-5,
+        "noiseMultiplier": 0.83,
+    }
+    assert st["audit"]["verdict"] == "passed" and st["audit"]["membershipAuc"] == 0.51
+    assert st["output"] == {"path": "clinical/adapter.tar.enc", "sha256": "d" * 64}
+    assert st["redactions"] == {"PHONE": 12, "CN_ID": 4}
+    assert st["progress"]["percent"] == 100 and st["progress"]["step"] == 120
+    assert condition(st, "AuditPassed")["status"] == "True"
+    assert "7.91" in ns.kubectl("get", "ftj", "summary").stdout
+
+
+FAILED_AUDIT = {
+    **SUMMARY,
+    "audit": {
+        "verdict": "failed",
+        "membershipAuc": 0.93,
+        "canaryExposure": 12.0,
+        "reasons": ["membership AUC 0.93 > 0.6"],
+    },
+}
+WRONG_KEY = {
+    "error": {
+        "reason": "WrongKey",
+        "message": "dataset key does not match /data/notes.enc (key id 1a2b)",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "reason", "phase"),
+    [
+        (
+            "oom",
+            {
+                "podAnnotations": {
+                    "sealtune.test/outcome": "Failed",
+                    "sealtune.test/reason": "OOMKilled",
+                    "sealtune.test/exit-code": "137",
+                },
+                "backoffLimit": 0,
+            },
+            "OOMKilled",
+            "Failed",
+        ),
+        (
+            "wrongkey",
+            {
+                "podAnnotations": {
+                    "sealtune.test/outcome": "Failed",
+                    "sealtune.test/exit-code": "4",
+                    "sealtune.test/message": json.dumps(WRONG_KEY),
+                }
+            },
+            "WrongKey",
+            "Failed",
+        ),
+        (
+            "audit",
+            {
+                "podAnnotations": {
+                    "sealtune.test/outcome": "Succeeded",
+                    "sealtune.test/message": json.dumps(FAILED_AUDIT),
+                }
+            },
+            "AuditFailed",
+            "Failed",
+        ),
+        (
+            "pull",
+            {
+                "podAnnotations": {
+                    "sealtune.test/stuck": "ImagePullBackOff",
+                    "sealtune.test/stuck-message": "Back-off pulling image",
+                }
+            },
+            "ImagePullBackOff",
+            "Pending",
+        ),
+        (
+            "nosecret",
+            {
+                "podAnnotations": {
+                    "sealtune.test/stuck": "CreateContainerConfigError",
+                    "sealtune.test/stuck-message": 'secret "clinical-data-key" not found',
+                }
+            },
+            "SecretNotFound",
+            "Pending",
+        ),
+        ("nogpu", {"resources": {"gpus": 16}}, "Unschedulable", "Pending"),
+        (
+            "deadline",
+            {"podAnnotations": {"sealtune.test/outcome": "Running"}, "activeDeadlineSeconds": 60},
+            "DeadlineExceeded",
+            "Failed",
+        ),
+    ],
+)
+def test_failures_reach_status_with_readable_reasons(
+    namespace: Namespace,
+    operator: OperatorProcess,
+    case: str,
+    spec: dict[str, Any],
+    reason: str,
+    phase: str,
+) -> None:
+    ns = namespace
+    _run_job(ns, case, **spec)
+
+    def reached() -> Any:
+        st = status(ns, case)
+        conds = [c for c in st.get("conditions") or [] if c.get("reason") == reason]
+        return st if st.get("phase") == phase and conds else None
+
+    st = wait_for(reached, timeout=120, what=f"{phase}/{reason}")
+    cond = next(c for c in st["conditions"] if c["reason"] == reason)
+    assert cond["message"], "every reason comes with a message"
+    if phase == "Failed":
+        assert condition(st, "Failed")["status"] == "True"
+        assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(ns, case))
+
+
+def test_missing_dataset_creates_nothing_until_it_appears(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    ns.bound_pvc("base-models")
+    ns.bound_pvc("adapters")
+    ns.key_secret("clinical-data-key")
+    ns.key_secret("adapter-output-key")
+    ns.pv_for("waiting-checkpoints")
+    ns.apply(ftj_manifest("waiting"))
+    st = wait_for(
+        lambda: (
+            condition(status(ns, "waiting"), "ResourcesReady").get("reason") == "DatasetNotFound"
+            and status(ns, "waiting")
+        ),
+        what="DatasetNotFound",
+    )
+    assert "clinical-data" in condition(st, "ResourcesReady")["message"]
+    assert ns.get_or_none("networkpolicy", "waiting-isolation") is None
+    assert ns.get_or_none("job", "waiting-trainer") is None
+    ns.bound_pvc("clinical-data")  # the referenced object appears: re-checked, no poll needed
+    wait_for(lambda: ns.get_or_none("job", "waiting-trainer"), what="Job after PVC appeared")
+    assert condition(status(ns, "waiting"), "ResourcesReady")["status"] == "True"
+
+
+def test_missing_model_and_unencrypted_storage(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    ns.apply(ftj_manifest("nomodel"))
+    wait_for(
+        lambda: condition(status(ns, "nomodel"), "ResourcesReady").get("reason") == "ModelNotFound",
+        what="ModelNotFound",
+    )
+    _run_job(ns, "plainstore", checkpoints={"storageClassName": "plain"})
+    st = wait_for(
+        lambda: (
+            condition(status(ns, "plainstore"), "ResourcesReady").get("reason")
+            == "StorageNotEncrypted"
+            and status(ns, "plainstore")
+        ),
+        what="StorageNotEncrypted",
+    )
+    assert "allowlist" in condition(st, "ResourcesReady")["message"]
+    assert ns.get_or_none("networkpolicy", "plainstore-isolation") is None
+    # Fixing the spec is re-checked at once.
+    ns.kubectl(
+        "patch",
+        "ftj",
+        "plainstore",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"checkpoints": {"storageClassName": "encrypted"}}}),
+    )
+    wait_for(lambda: ns.get_or_none("job", "plainstore-trainer"), what="Job after fix")
+
+
+def test_delete_removes_every_child_and_the_key(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    _run_job(ns, "gone", podAnnotations={"sealtune.test/outcome": "Running"})
+    wait_for(lambda: phase_is(ns, "gone", "Running"), timeout=90, what="Running")
+    ns.kubectl("delete", "ftj", "gone", "--timeout=90s")
+    for kind, tmpl in CHILDREN.items():
+        wait_for(
+            lambda kind=kind, tmpl=tmpl: ns.get_or_none(kind, tmpl.format("gone")) is None,
+            timeout=60,
+            what=f"{kind} deleted",
+        )
+    assert not ns.get("pods", "-l", "sealtune.io/finetunejob=gone")["items"]
+
+
+def test_operator_rbac_cannot_read_secrets(cluster: Any) -> None:
+    who = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+
+    def can(verb: str, resource: str) -> str:
+        return str(
+            cluster.kubectl(
+                "auth", "can-i", verb, resource, "--as", who, "-A", check=False
+            ).stdout.strip()
+        )
+
+    for verb in ("get", "list", "watch", "update", "patch"):
+        assert can(verb, "secrets") == "no", verb
+    assert can("create", "secrets") == "yes"
+    assert can("delete", "secrets") == "yes"
+    assert can("create", "jobs.batch") == "yes"
+    assert can("patch", "finetunejobs.sealtune.io/status") == "yes"
