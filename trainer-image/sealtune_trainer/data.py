@@ -1,0 +1,312 @@
+"""Dataset parsing, PII redaction, canary insertion and tokenization.
+
+Records arrive encrypted and are decrypted only in memory. Every error names a record's
+index or line number and never its content (invariant 5: dataset text never reaches a
+log, exception, status or metric). Redaction runs on the raw text of every message
+before anything is tokenized.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+DatasetFormat = Literal["alpaca", "sharegpt", "text"]
+T = TypeVar("T")
+
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+FALLBACK_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+IGNORE_INDEX = -100
+
+
+class DatasetFormatError(ValueError):
+    """A record is malformed. The message carries its position, never its content."""
+
+
+@dataclass
+class Record:
+    """One training example: chat messages, or a single plain `text` (format `text`)."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)
+    text: str | None = None
+    is_canary: bool = False
+
+    def map_text(self, fn: Callable[[str], str]) -> Record:
+        """Apply `fn` to every piece of text (used for redaction)."""
+        if self.text is not None:
+            return Record(text=fn(self.text), is_canary=self.is_canary)
+        return Record(
+            messages=[{"role": m["role"], "content": fn(m["content"])} for m in self.messages],
+            is_canary=self.is_canary,
+        )
+
+
+@dataclass
+class Example:
+    """A tokenized record: input ids and labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    is_canary: bool = False
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_records(raw: bytes, fmt: DatasetFormat) -> list[Record]:
+    """Parse decrypted dataset bytes into records; raise DatasetFormatError with a position."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetFormatError(f"dataset is not valid UTF-8 (line {line})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if fmt == "text":
+        return [
+            Record(text=line)
+            for line in (ln.rstrip("\r") for ln in text.split("\n"))
+            if line.strip()
+        ]
+    items = list(_json_items(text))
+    parse_one = _parse_alpaca if fmt == "alpaca" else _parse_sharegpt
+    records: list[Record] = []
+    for where, obj in items:
+        records.append(parse_one(obj, where))
+    if not records:
+        raise DatasetFormatError("dataset contains no records")
+    return records
+
+
+def _json_items(text: str) -> Iterable[tuple[str, Any]]:
+    """Yield (position, object) from a JSON array or from JSON Lines."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(
+                f"invalid JSON array at line {exc.lineno} column {exc.colno}"
+            ) from None
+        if not isinstance(data, list):
+            raise DatasetFormatError("top-level JSON value is not an array")
+        for index, obj in enumerate(data):
+            yield f"record index {index}", obj
+        return
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetFormatError(
+                f"invalid JSON on line {lineno} (column {exc.colno})"
+            ) from None
+        yield f"line {lineno}", obj
+
+
+def _require_str(obj: dict[str, Any], key: str, where: str, *, optional: bool = False) -> str:
+    value = obj.get(key)
+    if value is None:
+        if optional:
+            return ""
+        raise DatasetFormatError(f"{where}: missing field '{key}'")
+    if not isinstance(value, str):
+        raise DatasetFormatError(f"{where}: field '{key}' must be a string")
+    return value
+
+
+def _parse_alpaca(obj: Any, where: str) -> Record:
+    if not isinstance(obj, dict):
+        raise DatasetFormatError(f"{where}: alpaca record must be a JSON object")
+    instruction = _require_str(obj, "instruction", where)
+    extra = _require_str(obj, "input", where, optional=True)
+    output = _require_str(obj, "output", where)
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    messages = []
+    system = obj.get("system")
+    if isinstance(system, str) and system:
+        messages.append({"role": "system", "content": system})
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return Record(messages=messages)
+
+
+def _parse_sharegpt(obj: Any, where: str) -> Record:
+    if not isinstance(obj, dict):
+        raise DatasetFormatError(f"{where}: sharegpt record must be a JSON object")
+    turns = obj.get("conversations", obj.get("messages"))
+    if not isinstance(turns, list) or not turns:
+        raise DatasetFormatError(f"{where}: missing non-empty 'conversations' list")
+    messages: list[dict[str, str]] = []
+    for t_index, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise DatasetFormatError(f"{where}: turn {t_index} must be a JSON object")
+        role_raw = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        role = _SHAREGPT_ROLES.get(role_raw) if isinstance(role_raw, str) else None
+        if role is None:
+            raise DatasetFormatError(f"{where}: turn {t_index} has an unknown or missing role")
+        if not isinstance(content, str):
+            raise DatasetFormatError(f"{where}: turn {t_index} has no string 'value'")
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DatasetFormatError(f"{where}: conversation has no assistant turn")
+    return Record(messages=messages)
+
+
+def load_encrypted_dataset(path: str | Path, key: bytes, fmt: DatasetFormat) -> list[Record]:
+    """Decrypt the dataset in memory (never to disk) and parse it."""
+    from .crypto import read_encrypted_bytes
+
+    return parse_records(read_encrypted_bytes(Path(path), key), fmt)
+
+
+# ---------------------------------------------------------------- redaction and canaries
+
+
+def redact_records(
+    records: Sequence[Record], redact: Callable[[str], str]
+) -> list[Record]:
+    """Redact every text field of every record (before tokenization)."""
+    return [r.map_text(redact) for r in records]
+
+
+CANARY_PROMPT = "What is the secret access code for record {index}?"
+CANARY_ANSWER_PREFIX = "The secret access code is "
+CANARY_DIGITS = 6
+
+
+def canary_prompt_text(index: int) -> str:
+    return CANARY_PROMPT.format(index=index)
+
+
+def random_secret(rng: random.Random, digits: int = CANARY_DIGITS) -> str:
+    """A random secret in the canary format: space-separated digits ('4 0 9 1 7 3')."""
+    return " ".join(str(rng.randrange(10)) for _ in range(digits))
+
+
+def make_canaries(count: int, seed: int) -> list[tuple[int, str]]:
+    """`count` (index, secret) pairs, seeded so a resumed job inserts the same canaries."""
+    rng = random.Random(f"sealtune-canaries-{seed}")
+    return [(i, random_secret(rng)) for i in range(count)]
+
+
+def canary_record(index: int, secret: str, fmt: DatasetFormat) -> Record:
+    if fmt == "text":
+        text = canary_prompt_text(index) + " " + CANARY_ANSWER_PREFIX + secret
+        return Record(text=text, is_canary=True)
+    return Record(
+        messages=[
+            {"role": "user", "content": canary_prompt_text(index)},
+            {"role": "assistant", "content": CANARY_ANSWER_PREFIX + secret},
+        ],
+        is_canary=True,
+    )
+
+
+def insert_canaries(
+    items: Sequence[T], canaries: Sequence[tuple[int, T]], repetitions: int, seed: int
+) -> list[T]:
+    """Insert each canary item `repetitions` times at seeded random positions."""
+    out = list(items)
+    rng = random.Random(f"sealtune-canary-positions-{seed}")
+    for _index, item in canaries:
+        for _ in range(repetitions):
+            out.insert(rng.randrange(len(out) + 1), item)
+    return out
+
+
+def split_held_out(
+    records: Sequence[Record], fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Seeded split into (train, held_out); held-out records are the audit's non-members."""
+    order = list(range(len(records)))
+    random.Random(f"sealtune-holdout-{seed}").shuffle(order)
+    n_held = max(1, round(len(records) * fraction)) if len(records) >= 2 else 0
+    held = set(order[:n_held])
+    train = [r for i, r in enumerate(records) if i not in held]
+    held_out = [r for i, r in enumerate(records) if i in held]
+    return train, held_out
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render_chat(tokenizer: Any, messages: list[dict[str, str]], gen_prompt: bool) -> str:
+    if _has_chat_template(tokenizer):
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=gen_prompt
+        )
+        return str(rendered)
+    # Fallback (no template): Alpaca-style prompt, EOS after each assistant reply.
+    parts: list[str] = []
+    for m in messages:
+        if m["role"] == "assistant":
+            parts.append(m["content"] + (tokenizer.eos_token or ""))
+        else:
+            parts.append(FALLBACK_PROMPT.format(instruction=m["content"]))
+    return "".join(parts)
+
+
+def chat_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of assistant replies (loss targets)."""
+    full = _render_chat(tokenizer, messages, gen_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(_render_chat(tokenizer, messages[:i], gen_prompt=True))
+        end = len(_render_chat(tokenizer, messages[: i + 1], gen_prompt=False))
+        spans.append((start, end))
+    return full, spans
+
+
+def tokenize_record(tokenizer: Any, record: Record, max_length: int) -> Example:
+    """Tokenize with loss on assistant replies (chat) or on everything (plain text)."""
+    if record.text is not None:
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = bos + tokenizer(record.text, add_special_tokens=False)["input_ids"] + eos
+        ids = ids[:max_length]
+        labels = list(ids)
+        if bos:
+            labels[0] = IGNORE_INDEX
+        return Example(ids, labels, record.is_canary)
+    text, spans = chat_spans(tokenizer, record.messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])[:max_length]
+    offsets = list(enc["offset_mapping"])[:max_length]
+    labels = [
+        tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
+        for tok, (start, _end) in zip(ids, offsets, strict=True)
+    ]
+    return Example(ids, labels, record.is_canary)
+
+
+def tokenize_records(tokenizer: Any, records: Sequence[Record], max_length: int) -> list[Example]:
+    """Tokenize all records; records left with no loss tokens after truncation are an error."""
+    out = []
+    for index, record in enumerate(records):
+        ex = tokenize_record(tokenizer, record, max_length)
+        if all(lab == IGNORE_INDEX for lab in ex.labels[1:]):
+            raise DatasetFormatError(
+                f"record index {index}: no response tokens left within maxSeqLength={max_length}"
+            )
+        out.append(ex)
+    return out

@@ -1,0 +1,61 @@
+"""Prometheus metrics while training: progress and privacy spend, never data.
+
+Only numbers derived from the run (step counts, loss, epsilon, throughput) are exported;
+no label carries a record, a path inside the dataset or key material (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+
+
+class TrainingMetrics:
+    """Gauges on their own registry, served on `port` (0: not served, still updated)."""
+
+    def __init__(self, job: str, port: int) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["job"]
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=self.registry)
+
+        self.step = gauge("sealtune_train_step", "Optimizer steps completed.")
+        self.total = gauge("sealtune_train_total_steps", "Optimizer steps planned.")
+        self.loss = gauge("sealtune_train_loss", "Mean training loss of the last step.")
+        self.epsilon = gauge(
+            "sealtune_train_epsilon", "Privacy budget epsilon spent so far (+Inf without DP)."
+        )
+        self.tokens_per_second = gauge(
+            "sealtune_train_tokens_per_second", "Training throughput of the last step."
+        )
+        self.job = job
+        self.server: Any = None
+        if port:
+            try:
+                self.server = start_http_server(port, registry=self.registry)
+            except OSError as exc:
+                log.warning("metrics port %d unavailable: %s", port, exc.strerror)
+
+    def update(
+        self, *, step: int, total: int, loss: float, tokens_per_second: float,
+        epsilon: float | None = None,
+    ) -> None:
+        self.step.labels(self.job).set(step)
+        self.total.labels(self.job).set(total)
+        if not math.isnan(loss):
+            self.loss.labels(self.job).set(loss)
+        self.tokens_per_second.labels(self.job).set(tokens_per_second)
+        if epsilon is not None:
+            self.epsilon.labels(self.job).set(epsilon)
+
+    def close(self) -> None:
+        if self.server is not None:
+            server = self.server[0] if isinstance(self.server, tuple) else self.server
+            server.shutdown()
+            self.server = None

@@ -1,0 +1,212 @@
+"""`sealtune train --config finetunejob.yaml`: run a FineTuneJob on this machine.
+
+The YAML is the very object you would `kubectl apply`. Volumes and Secrets are mapped
+to local directories that mirror the pod's mounts, so a laptop run exercises the same
+code path as the cluster:
+
+  PVC `X`, path `p`      -> <--volumes-root, default ./.sealtune/volumes>/X/p
+  Secret `S`, key `k`    -> <--secrets-root, default ./.sealtune/secrets>/S/k
+  checkpoints            -> <--volumes-root>/<job>-checkpoints (the operator's PVC)
+  checkpoint key         -> <--secrets-root>/<job>-checkpoint-key/key (created if absent,
+                            like the operator's per-job Secret)
+
+`spec.training`, `spec.privacy`, `spec.pii` and `spec.audit` are validated by the same
+pydantic models the CRD is generated from, so errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_VOLUMES = "./.sealtune/volumes"
+DEFAULT_SECRETS = "./.sealtune/secrets"
+
+
+class JobSpecError(ValueError):
+    """The FineTuneJob YAML is not usable; the message names the field."""
+
+
+def _get(obj: Any, dotted: str, *, required: bool = True, default: Any = None) -> Any:
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            if required:
+                raise JobSpecError(f"{dotted} is required")
+            return default
+        cur = cur[part]
+    return cur
+
+
+def _rel(path: str, field: str) -> str:
+    if path.startswith("/") or ".." in path.split("/"):
+        raise JobSpecError(f"{field} must be a relative path inside the volume, without '..'")
+    return path
+
+
+def trainer_config_from_job(
+    doc: dict[str, Any], volumes_root: Path, secrets_root: Path, *, metrics_port: int = 0
+) -> Any:
+    """Translate a FineTuneJob document into the TrainerConfig the pod would receive."""
+    from pydantic import ValidationError
+
+    from .config import AuditConfig, PiiConfig, PrivacyConfig, TrainerConfig, TrainingConfig
+
+    if doc.get("kind") != "FineTuneJob":
+        raise JobSpecError(f"kind must be FineTuneJob, not {doc.get('kind')!r}")
+    name = str(_get(doc, "metadata.name"))
+    spec = _get(doc, "spec")
+    sections: dict[str, Any] = {}
+    for field, model in (
+        ("training", TrainingConfig), ("privacy", PrivacyConfig),
+        ("pii", PiiConfig), ("audit", AuditConfig),
+    ):
+        try:
+            sections[field] = model.model_validate(spec.get(field) or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"spec.{field}." + ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
+                for e in exc.errors(include_input=False)
+            )
+            raise JobSpecError(problems) from None
+    if _get(spec, "model.image", required=False) is not None:
+        raise JobSpecError("spec.model.image (OCI image volumes) runs only in a cluster; "
+                           "use spec.model.pvc locally")
+
+    def pvc(prefix: str) -> Path:
+        claim = str(_get(spec, f"{prefix}.pvc.claimName"))
+        path = _rel(str(_get(spec, f"{prefix}.pvc.path", required=False, default="")),
+                    f"spec.{prefix}.pvc.path")
+        return volumes_root / claim / path
+
+    def secret(prefix: str) -> Path:
+        sname = str(_get(spec, f"{prefix}.keySecret.name"))
+        key = str(_get(spec, f"{prefix}.keySecret.key", required=False, default="key"))
+        return secrets_root / sname / key
+
+    ckpt_key = secrets_root / f"{name}-checkpoint-key" / "key"
+    if not ckpt_key.exists():
+        from .crypto import generate_key
+
+        ckpt_key.parent.mkdir(parents=True, exist_ok=True)
+        ckpt_key.write_bytes(generate_key())
+        ckpt_key.chmod(0o400)
+    interval = _get(spec, "checkpoints.intervalSteps", required=False, default=50)
+    try:
+        return TrainerConfig(
+            job_name=name,
+            job_uid=str(_get(doc, "metadata.uid", required=False, default="") or f"local-{name}"),
+            model_dir=str(pvc("model")),
+            model_manifest_sha256=_get(spec, "model.manifestSha256", required=False),
+            dataset={
+                "path": str(pvc("dataset")),
+                "format": _get(spec, "dataset.format"),
+                "key_file": str(secret("dataset")),
+            },
+            output_dir=str(pvc("output")),
+            output_key_file=str(secret("output")),
+            checkpoint_dir=str(volumes_root / f"{name}-checkpoints"),
+            checkpoint_key_file=str(ckpt_key),
+            checkpoint_interval_steps=interval,
+            scratch_dir=str(volumes_root / ".scratch"),
+            metrics_port=metrics_port,
+            termination_message_path=str(volumes_root / f"{name}-summary.json"),
+            **sections,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
+            for e in exc.errors(include_input=False)
+        )
+        raise JobSpecError(problems) from None
+
+
+def load_job_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    if len(jobs) != 1:
+        raise JobSpecError(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
+    return jobs[0]
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of `sealtune train`."""
+    from .logs import quiet_libraries
+
+    quiet_libraries()
+    try:
+        doc = load_job_yaml(Path(args.config))
+        cfg = trainer_config_from_job(
+            doc, Path(args.volumes_root), Path(args.secrets_root), metrics_port=args.metrics_port
+        )
+    except (JobSpecError, OSError) as exc:
+        print(f"sealtune train: {exc}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from .job import JobError, run_job
+    from .summary import write_termination_message
+
+    bar = tqdm(total=None, unit="step", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(step: int, total: int, loss: float, eps: float | None) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = step
+        post = {"loss": f"{loss:.4f}"}
+        if eps is not None:
+            post["eps"] = f"{eps:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+
+    try:
+        result = run_job(cfg, device=args.device, progress=progress,
+                         stop_after_steps=args.stop_after_steps)
+    except JobError as exc:
+        bar.close()
+        print(f"sealtune train: {exc.reason}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    bar.close()
+    text = write_termination_message(cfg.termination_message_path, result.summary)
+    if args.summary_out:
+        Path(args.summary_out).write_text(text, encoding="utf-8")
+    print(json.dumps(json.loads(text), indent=2) if not args.quiet else text)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `train` to the `sealtune` CLI."""
+    p = subparsers.add_parser(
+        "train",
+        help="run a FineTuneJob YAML locally (same code path as the trainer pod)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="FineTuneJob YAML")
+    p.add_argument("--volumes-root", default=DEFAULT_VOLUMES, help="where PVCs live locally")
+    p.add_argument("--secrets-root", default=DEFAULT_SECRETS, help="where Secrets live locally")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics (0: off)")
+    p.add_argument("--summary-out", default="", help="also write the summary JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; compact summary")
+    p.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m sealtune_trainer.train_cli`) until the CLI dispatches."""
+    ap = argparse.ArgumentParser(prog="sealtune")
+    sub = ap.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = ap.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The training loop: DP-SGD (Poisson sampling, virtual batches) or plain LoRA fine-tuning.
+
+Every source of randomness has its own generator (Poisson sampling, DP noise, dropout
+via the global torch RNG) and its state is part of `Trainer.state_dict()`, together with
+the optimizer, scheduler, step counter and accountant history. A resumed run therefore
+replays the very same sample draws, noise and updates as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import dp
+from .config import PrivacyConfig, TrainingConfig
+from .data import IGNORE_INDEX, Example
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Step arithmetic fixed before training (and checked again on resume)."""
+
+    n_train: int
+    logical_batch: int
+    micro_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    sample_rate: float
+    noise_multiplier: float | None  # None: no DP
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier is not None
+
+
+def make_plan(n_train: int, training: TrainingConfig, privacy: PrivacyConfig) -> TrainPlan:
+    """Steps per epoch = N / batch (as Opacus' Poisson loader); noise solved for all steps."""
+    if n_train < 1:
+        raise ValueError("no training records")
+    logical = min(training.batch_size, n_train)
+    sample_rate = logical / n_train
+    steps_per_epoch = max(1, round(1 / sample_rate))
+    total = steps_per_epoch * training.epochs
+    noise = dp.solve_noise_multiplier(privacy, sample_rate, total) if privacy.enabled else None
+    return TrainPlan(
+        n_train=n_train,
+        logical_batch=logical,
+        micro_batch=min(training.micro_batch_size, logical),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        sample_rate=sample_rate,
+        noise_multiplier=noise,
+    )
+
+
+@dataclass
+class StepStats:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    tokens: int
+    seconds: float
+    samples: int
+
+
+@dataclass
+class Collated:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate(examples: Sequence[Example], pad_id: int, device: str | torch.device) -> Collated:
+    """Right-pad to the longest example of the micro-batch."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(e.labels)
+    return Collated(ids.to(device), mask.to(device), labels.to(device))
+
+
+def per_sample_loss(model: nn.Module, batch: Collated) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sample's label tokens: shape [B]."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = batch.labels[:, 1:]
+    tok = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    count = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return tok.sum(dim=1) / count
+
+
+class Trainer:
+    """Owns model, optimizer, scheduler, generators and (with DP) the accountant."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        examples: Sequence[Example],
+        training: TrainingConfig,
+        privacy: PrivacyConfig,
+        plan: TrainPlan,
+        *,
+        pad_id: int,
+        device: str = "cpu",
+    ) -> None:
+        self.model = model
+        self.examples = list(examples)
+        self.training = training
+        self.privacy = privacy
+        self.plan = plan
+        self.pad_id = pad_id
+        self.device = device
+        self.step = 0
+        self.last_loss = float("nan")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        base = torch.optim.AdamW(self.params, lr=training.learning_rate, weight_decay=0.0)
+        warmup = max(1, plan.total_steps // 10)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            base, lambda s: min(1.0, (s + 1) / warmup)
+        )
+        self.base_optimizer = base
+        seed = training.seed
+        self.sample_gen = torch.Generator().manual_seed(seed * 7919 + 1)
+        self.noise_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
+        self.accountant: Any = None
+        self.optimizer: Any = base
+        if plan.private:
+            dp.enable_lora_per_sample_grads(model)
+            assert plan.noise_multiplier is not None
+            self.optimizer = dp.make_dp_optimizer(
+                base,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=privacy.max_grad_norm,
+                expected_batch_size=plan.logical_batch,
+                generator=self.noise_gen,
+            )
+            self.accountant = dp.make_accountant(privacy.accountant)
+            self.optimizer.attach_step_hook(
+                self.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate)
+            )
+
+    # ------------------------------------------------------------ sampling
+
+    def _draw_indices(self) -> list[int]:
+        """Indices of the next logical batch (Poisson with DP, shuffled epochs without)."""
+        if self.plan.private:
+            # Opacus' UniformWithReplacementSampler, one step: each record independently
+            # with probability q, from our own saved generator.
+            mask = torch.rand(self.plan.n_train, generator=self.sample_gen) < self.plan.sample_rate
+            return [int(i) for i in mask.nonzero(as_tuple=False).reshape(-1).tolist()]
+        epoch, pos = divmod(self.step, self.plan.steps_per_epoch)
+        gen = torch.Generator().manual_seed(self.training.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.plan.n_train, generator=gen).tolist()
+        b = self.plan.logical_batch
+        chunk = perm[pos * b : (pos + 1) * b]
+        return chunk if chunk else perm[:b]
+
+    # ------------------------------------------------------------ one step
+
+    def train_step(self) -> StepStats:
+        t0 = time.perf_counter()
+        indices = self._draw_indices()
+        micro = self.plan.micro_batch
+        chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
+        self.model.train()
+        loss_sum = 0.0
+        tokens = 0
+        if self.plan.private:
+            if not chunks:  # an empty Poisson draw: the update is pure noise
+                for p in self.params:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for ci, chunk in enumerate(chunks):
+                batch = collate([self.examples[i] for i in chunk], self.pad_id, self.device)
+                losses = per_sample_loss(self.model, batch)
+                losses.sum().backward()
+                loss_sum += float(losses.detach().sum())
+                tokens += int(batch.attention_mask.sum())
+                if ci < len(chunks) - 1:
+                    self.optimizer.signal_skip_step(do_skip=True)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        else:
+            scale = 1.0 / max(1, len(indices))
+            for chunk in chunks:
+                batch = collate([self.examples[i] for i in chunk], self.pad_id, self.device)
+                losses = per_sample_loss(self.model, batch)
+                (losses.sum() * scale).backward()
+                loss_sum += float(losses.detach().sum())
+                tokens += int(batch.attention_mask.sum())
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        self.last_loss = loss_sum / len(indices) if indices else self.last_loss
+        return StepStats(
+            step=self.step,
+            total_steps=self.plan.total_steps,
+            epoch=(self.step - 1) // self.plan.steps_per_epoch,
+            loss=self.last_loss,
+            tokens=tokens,
+            seconds=time.perf_counter() - t0,
+            samples=len(indices),
+        )
+
+    def epsilon(self) -> float:
+        if not self.plan.private:
+            return math.inf
+        return dp.epsilon_of(self.accountant, self.privacy.delta)
+
+    def budget_left(self, check_epsilon: bool = False) -> bool:
+        """True while planned steps remain and (with DP) epsilon is below the target.
+
+        The noise multiplier is solved so that the last planned step spends the budget;
+        the (costly, for PRV) epsilon check is a guard that stops a run early should the
+        accountant ever report the target reached before that.
+        """
+        if self.step >= self.plan.total_steps:
+            return False
+        if check_epsilon and self.plan.private:
+            return self.epsilon() < self.privacy.target_epsilon
+        return True
+
+    def run(self, on_step: Callable[[StepStats], None] | None = None) -> None:
+        check_every = max(1, self.plan.total_steps // 20)
+        while self.budget_left(check_epsilon=self.step > 0 and self.step % check_every == 0):
+            stats = self.train_step()
+            if on_step is not None:
+                on_step(stats)
+
+    # ------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> dict[str, Any]:
+        from peft import get_peft_model_state_dict
+
+        return {
+            "step": self.step,
+            "last_loss": self.last_loss,
+            "adapter": {
+                k: v.detach().cpu().clone()
+                for k, v in get_peft_model_state_dict(self.model).items()
+            },
+            "optimizer": self.base_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sample_gen": self.sample_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "accountant_history": list(self.accountant.history) if self.accountant else [],
+            "plan": plan_fingerprint(self.plan),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+
+        if state["plan"] != plan_fingerprint(self.plan):
+            raise ValueError("checkpoint was written for a different training plan")
+        set_peft_model_state_dict(self.model, state["adapter"])
+        self.base_optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sample_gen.set_state(state["sample_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.accountant is not None:
+            self.accountant.history = [tuple(h) for h in state["accountant_history"]]
+        self.step = int(state["step"])
+        self.last_loss = float(state["last_loss"])
+
+
+def plan_fingerprint(plan: TrainPlan) -> list[Any]:
+    return [
+        plan.n_train,
+        plan.logical_batch,
+        plan.micro_batch,
+        plan.steps_per_epoch,
+        plan.total_steps,
+        plan.sample_rate,
+        plan.noise_multiplier,
+    ]
+
+
+@dataclass
+class LossCurve:
+    """Losses per step, kept small for the summary (first, last, and a coarse curve)."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
