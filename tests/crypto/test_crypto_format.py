@@ -299,3 +299,18 @@ def test_writer_rejects_bad_key_and_segment_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         EncryptedWriter(tmp_path / "a", KEY, segment_size=8)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_allocating_fallback_reads_and_writes_the_same_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older `cryptography` without encrypt_into/decrypt_into produces identical files."""
+    fast = tmp_path / "fast.enc"
+    _encrypt(fast, PLAIN)
+    monkeypatch.setattr(crypto, "_HAS_INTO", False)
+    slow = tmp_path / "slow.enc"
+    _encrypt(slow, PLAIN)
+    assert crypto.read_encrypted_bytes(fast, KEY) == crypto.read_encrypted_bytes(slow, KEY) == PLAIN
+    path, key = _tampered(tmp_path, "flipped_bit")
+    with pytest.raises(CorruptedError), crypto.open_encrypted(path, key) as r:
+        r.read()

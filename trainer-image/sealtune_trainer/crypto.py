@@ -82,6 +82,7 @@ HEADER_SIZE = AUTH_HEADER_SIZE + _LENGTH.size  # 80: the final segment also bind
 _INFO_KEY_ID = b"sealtune/v1/key-id"
 _INFO_FILE_KEY = b"sealtune/v1/file-key"
 _INFO_KCV = b"sealtune/v1/key-check"
+_HAS_INTO = hasattr(AESGCM, "encrypt_into")  # newer cryptography: no per-segment allocation
 _REORDER_SEARCH_LIMIT = 4096  # segments tried when diagnosing a failed segment
 
 PathLike = str | os.PathLike[str]
@@ -306,7 +307,9 @@ class _SegmentFile(io.RawIOBase):
         if self.segments > MAX_SEGMENTS:
             raise CorruptedError(f"{name}: header corrupted (too many segments)")
         self._cache_index = -1
-        self._cache: bytes = b""
+        self._ct_buf = bytearray(self._stride)
+        self._pt_buf = bytearray(self._seg)
+        self._cache = memoryview(self._pt_buf)[:0]
         self._pos = 0
         # Authenticate the final segment now: it binds the length, so size and EOF are trusted.
         self._segment(self.segments - 1)
@@ -379,20 +382,28 @@ class _SegmentFile(io.RawIOBase):
 
     # --- segment access ---
 
-    def _segment(self, index: int) -> bytes:
+    def _segment(self, index: int) -> memoryview:
+        """Plaintext of one authenticated segment, decrypted into a reused buffer."""
         if index == self._cache_index:
             return self._cache
         last = index == self.segments - 1
         off = HEADER_SIZE + index * self._stride
         size = (self.length - index * self._seg) + TAG_SIZE if last else self._stride
-        ct = os.pread(self._fd, size, off)
-        if len(ct) != size:
+        ct = memoryview(self._ct_buf)[:size]
+        if os.preadv(self._fd, [ct], off) != size:
             raise TruncatedError(f"{self.name}: truncated: segment {index} is incomplete")
         aad = self.header.raw if last else self.header.auth
+        nonce = _nonce(self._prefix, index, last)
+        self._cache_index = -1
+        pt = memoryview(self._pt_buf)[: size - TAG_SIZE]
         try:
-            pt = self._aead.decrypt(_nonce(self._prefix, index, last), ct, aad)
+            if _HAS_INTO:
+                self._aead.decrypt_into(nonce, ct, aad, pt)
+            else:
+                pt[:] = self._aead.decrypt(nonce, bytes(ct), aad)
         except InvalidTag:
-            raise self._diagnose_segment(index, ct) from None
+            pt[:] = bytes(len(pt))  # never keep unauthenticated plaintext around
+            raise self._diagnose_segment(index, bytes(ct)) from None
         self._cache_index, self._cache = index, pt
         return pt
 
@@ -450,7 +461,10 @@ class _SegmentFile(io.RawIOBase):
         if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._cache = b""
+        if hasattr(self, "_pt_buf"):
+            self._cache_index = -1
+            self._cache.release()
+            self._pt_buf[:] = bytes(len(self._pt_buf))  # drop plaintext from memory
         super().close()
 
 
@@ -534,6 +548,7 @@ class EncryptedWriter(io.BufferedIOBase):
         self._tmp = tmp
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._buf = bytearray()
+        self._out = bytearray(segment_size + TAG_SIZE)
         self._index = 0
         self._length = 0
         try:
@@ -550,31 +565,38 @@ class EncryptedWriter(io.BufferedIOBase):
         if self._index >= MAX_SEGMENTS:
             raise CryptoError(f"{self.name}: too many segments for one file")
         aad = self._auth + _LENGTH.pack(self._length) if last else self._auth
-        self._file.write(
-            self._aead.encrypt(_nonce(self._prefix, self._index, last), bytes(data), aad)
-        )
+        nonce = _nonce(self._prefix, self._index, last)
+        if _HAS_INTO:
+            out = memoryview(self._out)[: len(data) + TAG_SIZE]
+            self._aead.encrypt_into(nonce, data, aad, out)
+            self._file.write(out)
+        else:
+            self._file.write(self._aead.encrypt(nonce, bytes(data), aad))
         self._index += 1
 
     def write(self, data: Any) -> int:
+        """Buffer up to one segment; seal a segment only once more data shows it is not last."""
         if self.closed or self._file is None:
             raise ValueError("write to a closed EncryptedWriter")
         view = memoryview(data).cast("B")
         n = len(view)
+        if not n:
+            return 0
         self._length += n
         seg = self._seg
+        pos = 0
         try:
-            if not self._buf and n > seg:
-                # Fast path: encrypt whole segments straight from the caller's buffer.
-                start = 0
-                while n - start > seg:
-                    self._emit(view[start : start + seg], last=False)
-                    start += seg
-                self._buf += view[start:]
-                return n
-            self._buf += view
-            while len(self._buf) > seg:
-                self._emit(memoryview(self._buf)[:seg], last=False)
-                del self._buf[:seg]
+            if self._buf:
+                pos = min(seg - len(self._buf), n)
+                self._buf += view[:pos]
+                if pos == n:
+                    return n  # the buffered segment may still be the last one
+                self._emit(self._buf, last=False)  # full, and more data follows
+                self._buf = bytearray()
+            while n - pos > seg:  # whole segments straight from the caller's buffer
+                self._emit(view[pos : pos + seg], last=False)
+                pos += seg
+            self._buf = bytearray(view[pos:])
         except BaseException:
             self.abort()
             raise
