@@ -39,22 +39,37 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 
 # `kubectl auth can-i` as the chart's ServiceAccount: what it needs (sufficient) ...
 OPERATOR_MAY = [
-    ("watch", "finetunejobs.sealtune.io"), ("patch", "finetunejobs.sealtune.io"),
+    ("watch", "finetunejobs.sealtune.io"),
+    ("patch", "finetunejobs.sealtune.io"),
     ("update", "finetunejobs.sealtune.io/status"),
     ("update", "finetunejobs.sealtune.io/finalizers"),
-    ("create", "networkpolicies.networking.k8s.io"), ("create", "secrets"), ("delete", "secrets"),
-    ("create", "jobs.batch"), ("create", "persistentvolumeclaims"), ("list", "pods"),
-    ("create", "events"), ("create", "events.events.k8s.io"),
+    ("create", "networkpolicies.networking.k8s.io"),
+    ("create", "secrets"),
+    ("delete", "secrets"),
+    ("create", "jobs.batch"),
+    ("create", "persistentvolumeclaims"),
+    ("list", "pods"),
+    ("create", "events"),
+    ("create", "events.events.k8s.io"),
     ("patch", "clusterkopfpeerings.kopf.dev"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
 ]
 # ... and what it must never have (minimal).
 OPERATOR_MAY_NOT = [
-    ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("update", "secrets"),
-    ("patch", "secrets"), ("create", "pods"), ("create", "pods/exec"), ("delete", "pods"),
-    ("update", "persistentvolumeclaims"), ("create", "roles.rbac.authorization.k8s.io"),
-    ("create", "rolebindings.rbac.authorization.k8s.io"), ("get", "nodes"),
-    ("create", "namespaces"), ("delete", "finetunejobs.sealtune.io"),
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("update", "secrets"),
+    ("patch", "secrets"),
+    ("create", "pods"),
+    ("create", "pods/exec"),
+    ("delete", "pods"),
+    ("update", "persistentvolumeclaims"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("get", "nodes"),
+    ("create", "namespaces"),
+    ("delete", "finetunejobs.sealtune.io"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "validatingadmissionpolicies.admissionregistration.k8s.io"),
 ]
@@ -65,9 +80,15 @@ def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     c = LocalCluster.boot(tmp_path_factory.mktemp("chart-cluster"))
     try:
         for sc in (STORAGE_CLASS, "plain"):
-            c.apply({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                     "metadata": {"name": sc}, "provisioner": "kubernetes.io/no-provisioner",
-                     "volumeBindingMode": "Immediate"})
+            c.apply(
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {"name": sc},
+                    "provisioner": "kubernetes.io/no-provisioner",
+                    "volumeBindingMode": "Immediate",
+                }
+            )
         yield c
     finally:
         c.stop()
@@ -75,17 +96,26 @@ def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 def run_helm(c: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [helm(), "--kubeconfig", str(c.kubeconfig), *args], capture_output=True, text=True,
+        [helm(), "--kubeconfig", str(c.kubeconfig), *args],
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}")
+        state = c.kubectl("get", "all,events", "-n", OPERATOR_NS, "-o", "wide", check=False)
+        raise AssertionError(
+            f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}\n{state.stdout}{state.stderr}"
+        )
     return proc
 
 
 def template(*args: str) -> str:
-    return subprocess.run([helm(), "template", "sealtune", str(CHART), "-n", OPERATOR_NS, *args],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [helm(), "template", "sealtune", str(CHART), "-n", OPERATOR_NS, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_rendered_chart_passes_server_side_dry_run(chart_cluster: LocalCluster) -> None:
@@ -93,43 +123,91 @@ def test_rendered_chart_passes_server_side_dry_run(chart_cluster: LocalCluster) 
     # Dry-run cannot register CRDs, and the peering objects need them: apply CRDs first.
     for crd in sorted((CHART / "crds").glob("*.yaml")):
         c.kubectl("apply", "--server-side", "-f", str(crd))
-    c.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-              "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
+    c.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/clusterkopfpeerings.kopf.dev",
+        "crd/kopfpeerings.kopf.dev",
+    )
     for ns in (OPERATOR_NS, "ml-fraud", "ml-claims"):
         c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for values in ("default", "internal-registry", "namespace-scoped"):
         extra = [] if values == "default" else ["-f", str(VALUES / f"{values}.yaml")]
-        out = c.kubectl("apply", "--dry-run=server", "-f", "-",
-                        input=template(*extra, "--include-crds")).stdout
-        assert "validatingadmissionpolicy.admissionregistration.k8s.io/sealtune-managed-" \
-               "objects created (server dry run)" in out, out
+        out = c.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input=template(*extra, "--include-crds")
+        ).stdout
+        assert (
+            "validatingadmissionpolicy.admissionregistration.k8s.io/sealtune-managed-"
+            "objects created (server dry run)" in out
+        ), out
         assert "deployment.apps/sealtune-operator created (server dry run)" in out
     # The operator Deployment is admitted under Pod Security "restricted" too.
     c.kubectl("label", "namespace", OPERATOR_NS, "pod-security.kubernetes.io/enforce=restricted")
-    out = c.kubectl("apply", "--dry-run=server", "-f", "-",
-                    input=template("--show-only", "templates/deployment.yaml"))
+    out = c.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=template("--show-only", "templates/deployment.yaml"),
+    )
     assert "Warning" not in out.stderr, out.stderr
 
 
 def can_i(c: LocalCluster, verb: str, resource: str, ns: str = "team-a") -> bool:
-    proc = c.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", OPERATOR_USER,
-                     check=False)
+    proc = c.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", OPERATOR_USER, check=False)
     return proc.stdout.strip() == "yes"
+
+
+APISERVER_IP = "192.0.2.10"  # TEST-NET-1: EndpointSlices may not hold loopback addresses
+
+
+def publish_apiserver_endpoint(c: LocalCluster) -> int:
+    """What every real cluster has and this loopback-only one lacks: the kube-apiserver's
+    EndpointSlice (an apiserver bound to 127.0.0.1 publishes none). No CNI enforces
+    NetworkPolicies here; this checks the chart reads the endpoint the cluster publishes."""
+    port = int(c.server.rsplit(":", 1)[1])
+    c.apply(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes"},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [APISERVER_IP], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }
+    )
+    return port
 
 
 def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
     c = chart_cluster
+    api_port = publish_apiserver_endpoint(c)
     install = run_helm(
-        c, "install", "sealtune", str(CHART), "-n", OPERATOR_NS, "--create-namespace",
-        "--set", f"encryptingStorageClasses={{{STORAGE_CLASS}}}",
-        "--wait", "--timeout", "180s",
+        c,
+        "install",
+        "sealtune",
+        str(CHART),
+        "-n",
+        OPERATOR_NS,
+        "--create-namespace",
+        "--set",
+        f"encryptingStorageClasses={{{STORAGE_CLASS}}}",
+        "--wait",
+        "--timeout",
+        "180s",
     )
     assert "rollout status deployment/sealtune-operator" in install.stdout  # NOTES
 
     deploy = c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)
     assert deploy["status"].get("readyReplicas") == 2
-    pods = c.get_json("pods", "-n", OPERATOR_NS, "-l",
-                      "app.kubernetes.io/name=sealtune-operator")["items"]
+    pods = c.get_json("pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=sealtune-operator")[
+        "items"
+    ]
     assert len({p["spec"]["nodeName"] for p in pods}) == 2  # spread over both nodes
     assert c.get_json("clusterkopfpeering", "sealtune")["metadata"]["name"] == "sealtune"
     c.get_json("validatingadmissionpolicybinding", "sealtune-managed-objects")
@@ -137,9 +215,8 @@ def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
     # NetworkPolicy: the API server's real endpoint was looked up at install time.
     np = c.get_json("networkpolicy", "sealtune-operator", "-n", OPERATOR_NS)
     assert np["metadata"]["annotations"]["sealtune.io/apiserver-egress"] == "cidrs"
-    api_port = int(c.server.rsplit(":", 1)[1])
     egress = np["spec"]["egress"]
-    assert egress[0]["to"] == [{"ipBlock": {"cidr": "127.0.0.1/32"}}]
+    assert egress[0]["to"] == [{"ipBlock": {"cidr": f"{APISERVER_IP}/32"}}]
     assert api_port in [p["port"] for p in egress[0]["ports"]]
 
     for verb, res in OPERATOR_MAY:
@@ -151,42 +228,74 @@ def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
     op = OperatorProcess(c, "chart-operator").start()
     ns = Namespace(c, "team-a")
     try:
-        c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": ns.name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+        c.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns.name,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+        )
         ns.prerequisites_for_example("gitops-job")
         check_job_reconciles_without_drift(c, ns)
         check_admission_policy(c, ns)
         # Deleting the job removes its children: the garbage collector passes the policy.
         ns.kubectl("delete", "finetunejob", "gitops-job", "--wait=true", "--timeout=60s")
-        wait_for(lambda: not ns.get("networkpolicies", "-l",
-                                    "app.kubernetes.io/managed-by=sealtune-operator")["items"],
-                 what="managed NetworkPolicy garbage-collected")
+        wait_for(
+            lambda: (
+                not ns.get(
+                    "networkpolicies", "-l", "app.kubernetes.io/managed-by=sealtune-operator"
+                )["items"]
+            ),
+            what="managed NetworkPolicy garbage-collected",
+        )
         # A CR that must survive upgrade and uninstall.
         ns.apply(ftj_manifest("kept-job"))
-        wait_for(lambda: (ns.get_or_none("finetunejob", "kept-job") or {}).get("status", {})
-                 .get("phase"), what="kept-job reconciled")
+        wait_for(
+            lambda: (
+                (ns.get_or_none("finetunejob", "kept-job") or {}).get("status", {}).get("phase")
+            ),
+            what="kept-job reconciled",
+        )
     finally:
         op.stop()
 
     # Upgrade: values change, and CRDs switch to templates so upgrades update them.
-    run_helm(c, "upgrade", "sealtune", str(CHART), "-n", OPERATOR_NS, "--reuse-values",
-             "--set", "replicaCount=3", "--set", "crds.manageAsTemplates=true",
-             "--take-ownership", "--wait", "--timeout", "180s")
-    assert c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)["spec"][
-        "replicas"] == 3
+    run_helm(
+        c,
+        "upgrade",
+        "sealtune",
+        str(CHART),
+        "-n",
+        OPERATOR_NS,
+        "--reuse-values",
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "crds.manageAsTemplates=true",
+        "--take-ownership",
+        "--wait",
+        "--timeout",
+        "180s",
+    )
+    assert c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)["spec"]["replicas"] == 3
     crd = c.get_json("crd", "finetunejobs.sealtune.io")
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "sealtune"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    history = json.loads(run_helm(c, "history", "sealtune", "-n", OPERATOR_NS,
-                                  "-o", "json").stdout)
+    history = json.loads(run_helm(c, "history", "sealtune", "-n", OPERATOR_NS, "-o", "json").stdout)
     assert [h["revision"] for h in history] == [1, 2]
 
     # Uninstall: the operator and its policies go; CRDs and CRs stay.
     run_helm(c, "uninstall", "sealtune", "-n", OPERATOR_NS, "--wait", "--timeout", "120s")
     gone = c.kubectl("get", "deployment/sealtune-operator", "-n", OPERATOR_NS, check=False)
     assert gone.returncode != 0
-    for obj in ("clusterrole/sealtune-operator", "clusterkopfpeering/sealtune",
-                "validatingadmissionpolicy/sealtune-managed-objects"):
+    for obj in (
+        "clusterrole/sealtune-operator",
+        "clusterkopfpeering/sealtune",
+        "validatingadmissionpolicy/sealtune-managed-objects",
+    ):
         assert c.kubectl("get", obj, check=False).returncode != 0, obj
     for name in ("finetunejobs.sealtune.io", "kopfpeerings.kopf.dev"):
         assert c.get_json("crd", name)["metadata"]["name"] == name
@@ -196,15 +305,27 @@ def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
 def check_job_reconciles_without_drift(c: LocalCluster, ns: Namespace) -> None:
     """After the operator reconciles a job, spec and annotations are exactly as applied."""
     manifest = ftj_manifest("gitops-job")
-    manifest["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id":
-                                           "ml:sealtune.io/FineTuneJob:team-a/gitops-job"}
-    created = json.loads(ns.kubectl("create", "-o", "json", "-f", "-",
-                                    input=yaml.safe_dump(manifest)).stdout)
-    wait_for(lambda: ns.get("jobs.batch", "-l", "app.kubernetes.io/managed-by=sealtune-operator")
-             ["items"], what="trainer Job created", timeout=90)
-    wait_for(lambda: (ns.get("finetunejob", "gitops-job").get("status") or {})
-             .get("observedGeneration") == created["metadata"]["generation"],
-             what="status.observedGeneration", timeout=60)
+    manifest["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "ml:sealtune.io/FineTuneJob:team-a/gitops-job"
+    }
+    created = json.loads(
+        ns.kubectl("create", "-o", "json", "-f", "-", input=yaml.safe_dump(manifest)).stdout
+    )
+    wait_for(
+        lambda: ns.get("jobs.batch", "-l", "app.kubernetes.io/managed-by=sealtune-operator")[
+            "items"
+        ],
+        what="trainer Job created",
+        timeout=90,
+    )
+    wait_for(
+        lambda: (
+            (ns.get("finetunejob", "gitops-job").get("status") or {}).get("observedGeneration")
+            == created["metadata"]["generation"]
+        ),
+        what="status.observedGeneration",
+        timeout=60,
+    )
     now = ns.get("finetunejob", "gitops-job")
     assert now["spec"] == created["spec"]
     assert now["metadata"].get("annotations") == manifest["metadata"]["annotations"]
@@ -216,14 +337,17 @@ def check_admission_policy(c: LocalCluster, ns: Namespace) -> None:
     managed = "app.kubernetes.io/managed-by=sealtune-operator"
     np = ns.get("networkpolicies", "-l", managed)["items"][0]["metadata"]["name"]
     # kubectl create/delete only, like the operator: the key Secret it made.
-    secret = wait_for(lambda: ns.get("secrets", "-l", managed)["items"],
-                      what="managed key Secret")[0]["metadata"]["name"]
+    secret = wait_for(lambda: ns.get("secrets", "-l", managed)["items"], what="managed key Secret")[
+        0
+    ]["metadata"]["name"]
 
     # A cluster admin (system:masters) editing a managed object: refused, readably.
-    for args in (("label", "networkpolicy", np, "opened=true"),
-                 ("delete", "networkpolicy", np),
-                 ("delete", "secret", secret),
-                 ("label", "networkpolicy", np, "app.kubernetes.io/managed-by-")):
+    for args in (
+        ("label", "networkpolicy", np, "opened=true"),
+        ("delete", "networkpolicy", np),
+        ("delete", "secret", secret),
+        ("label", "networkpolicy", np, "app.kubernetes.io/managed-by-"),
+    ):
         proc = ns.kubectl(*args, check=False)
         assert proc.returncode != 0, f"{args} was allowed"
         assert "ValidatingAdmissionPolicy 'sealtune-managed-objects'" in proc.stderr, proc.stderr
@@ -233,12 +357,17 @@ def check_admission_policy(c: LocalCluster, ns: Namespace) -> None:
     assert ns.get("networkpolicy", np)["metadata"]["labels"].get("opened") is None
 
     # Unmanaged objects are untouched by the policy.
-    ns.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-              "metadata": {"name": "user-owned"}, "spec": {"podSelector": {}}})
+    ns.apply(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "user-owned"},
+            "spec": {"podSelector": {}},
+        }
+    )
     ns.kubectl("label", "networkpolicy", "user-owned", "edited=true")
     ns.kubectl("delete", "networkpolicy", "user-owned")
 
     # The operator's own ServiceAccount may update (it holds the RBAC and the policy allows).
     ns.kubectl("annotate", "networkpolicy", np, "sealtune.io/probe=1", "--as", OPERATOR_USER)
     assert ns.get("networkpolicy", np)["metadata"]["annotations"]["sealtune.io/probe"] == "1"
-

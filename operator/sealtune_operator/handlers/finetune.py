@@ -106,9 +106,13 @@ def _write_status(body: dict[str, Any], new: dict[str, Any]) -> None:
     if not st.differs(stored, new):
         return
     kube.patch_status(PLURAL, key[0], key[1], new)
+    previous = _written.get(key, {}).get("phase")
     _written[key] = {**stored, **new}
     _post_events(body, stored, new)
-    metrics.PHASES.labels(new.get("phase") or "Unknown")  # make the series exist
+    if previous != new.get("phase"):
+        if previous:
+            metrics.PHASES.labels(previous).dec()
+        metrics.PHASES.labels(new.get("phase") or "Unknown").inc()
 
 
 def refresh(
@@ -226,7 +230,9 @@ def on_delete(namespace: str, name: str, trainer_pods: kopf.Index[Any, Any], **_
         # Keep the NetworkPolicy (an owned child) until no trainer pod is left.
         raise kopf.TemporaryError("waiting for trainer pods to terminate", delay=2)
     kube.delete("Secret", namespace, names.checkpoint_key)
-    _written.pop((namespace, name), None)
+    last = _written.pop((namespace, name), {})
+    if last.get("phase"):
+        metrics.PHASES.labels(last["phase"]).dec()
     _locks.pop((namespace, name), None)
 
 
