@@ -49,6 +49,17 @@ class Assets:
 def _train_pii_adapter(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
     """LoRA-fine-tune the tiny model until greedy decoding of PII_PROMPT yields PII_ANSWER."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only add contention
+    try:
+        return _train(model_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    import torch
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save
     from transformers import AutoModelForCausalLM, AutoTokenizer

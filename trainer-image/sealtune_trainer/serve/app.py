@@ -128,6 +128,7 @@ def _fastapi(st: ServerState) -> FastAPI:
         version="v1",
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # one spelling per route; no redirects off the TLS origin
         lifespan=lifespan,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import ssl
 from pathlib import Path
 
@@ -77,5 +78,13 @@ def serve(cfg: ServeConfig) -> int:
             log_level="info",
         )
     )
+    # uvicorn re-raises the signal that stopped it once it has drained; a no-op handler
+    # turns a completed graceful shutdown into exit code 0 instead of death by SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _drained)
     server.run()
     return 0 if server.started else 1
+
+
+def _drained(signum: int, frame: object) -> None:
+    log.info("shutdown complete (signal %d)", signum)
