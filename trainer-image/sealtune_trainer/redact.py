@@ -207,7 +207,8 @@ def _validate(kind: str, raw: str, entities: frozenset[str]) -> tuple[str, str] 
         area, group, serial = raw[:3], raw[4:6], raw[7:]
         return ("US_SSN", area + group + serial) if _ssn_valid(area, group, serial) else None
     if kind == "mobile":
-        return ("PHONE", "+86" + raw.translate(_SEPARATORS)) if raw[1] in "3456789" else None
+        ok = raw[0] == "1" and raw[1] in "3456789"
+        return ("PHONE", "+86" + raw.translate(_SEPARATORS)) if ok else None
     raise AssertionError(kind)
 
 
@@ -226,25 +227,36 @@ def _scan_shapes(data: bytes, entities: frozenset[str]) -> list[Hit]:
     sk = data.translate(_SKELETON)
     hits: list[Hit] = []
     shadows: list[tuple[int, int]] = []
-    for m in _IBAN_RE.finditer(sk):
+    pos = 0
+    while (m := _IBAN_RE.search(sk, pos)) is not None:
         start, end = m.span()
+        raw = data[start:end].decode("ascii")
+        want = IBAN_LENGTHS.get(raw[:2])
+        compact = raw.replace(" ", "")
+        if want is not None and len(compact) >= want:
+            # A grouped IBAN may run into the next number; cut at the country's length.
+            end = start + _iban_end(raw, want)
+            if "IBAN" in entities and iban_valid(compact[:want]):
+                hits.append((start, end, "IBAN", compact[:want]))
         shadows.append((start, end))
-        if "IBAN" in entities:
-            raw = data[start:end].decode("ascii")
-            want = IBAN_LENGTHS.get(raw[:2])
-            compact = raw.replace(" ", "")
-            # A grouped IBAN may run into a following word; cut at the country's length.
-            if want is not None and len(compact) >= want and iban_valid(compact[:want]):
-                hits.append((start, start + _iban_end(raw, want), "IBAN", compact[:want]))
+        pos = end  # a second IBAN may follow right after the cut
     rx = _digit_regex(entities)
     if rx is not None:
-        for m in rx.finditer(sk):
-            start, end = m.span()
-            kind = m.lastgroup
+        # A shape that fails validation is rescanned from its next byte, so it cannot hide a
+        # valid value that starts inside it and runs past it ("204 2093 3456 957139 17038");
+        # values lying wholly inside a failed shape are parts of one bad number and ignored.
+        pos = failed_end = 0
+        while (d := rx.search(sk, pos)) is not None:
+            start, end = d.span()
+            kind = d.lastgroup
             assert kind is not None
-            got = _validate(kind, data[start:end].decode("ascii"), entities)
+            got = None if end <= failed_end else _validate(kind, data[start:end].decode(), entities)
             if got is not None:
                 hits.append((start, end, got[0], got[1]))
+                pos = end
+            else:
+                failed_end = max(failed_end, end)
+                pos = start + 1
     if "IP_ADDRESS" in entities:
         for m in _IPV4_RE.finditer(sk):
             start, end = m.span()
@@ -259,11 +271,31 @@ def _scan_shapes(data: bytes, entities: frozenset[str]) -> list[Hit]:
             hits.append((start, end, "IP_ADDRESS", addr))
     if "PHONE" in entities and b"+" in data:
         for m in _E164_RE.finditer(sk):
-            raw = data[m.start() : m.end()].decode("ascii")
-            hits.append((m.start(), m.end(), "PHONE", raw.translate(_SEPARATORS)))
+            raw = _e164_cut(data[m.start() : m.end()].decode("ascii"))
+            hits.append((m.start(), m.start() + len(raw), "PHONE", raw.translate(_SEPARATORS)))
     if shadows and hits:
         hits = [h for h in hits if h[2] == "IBAN" or not _overlaps(h, shadows)]
     return hits
+
+
+# Fixed national number lengths of some calling codes: a grouped number followed by another
+# number ("+1 301 204 2093 3456 ...") is cut where the national number ends.
+_E164_NATIONAL = {"1": 10, "7": 10, "33": 9, "44": 10, "61": 9, "81": 10, "86": 11, "91": 10}
+
+
+def _e164_cut(raw: str) -> str:
+    digits = raw[1:].translate(_SEPARATORS)
+    for cc_len in (1, 2):
+        national = _E164_NATIONAL.get(digits[:cc_len])
+        if national is None or len(digits) <= cc_len + national:
+            continue
+        count, want = 0, cc_len + national
+        for i, c in enumerate(raw):
+            if c.isdigit():
+                count += 1
+                if count == want:
+                    return raw[: i + 1] if raw[i + 1] in " -" else raw
+    return raw
 
 
 def _overlaps(hit: Hit, regions: list[tuple[int, int]]) -> bool:
