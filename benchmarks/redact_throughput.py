@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +59,9 @@ def throughput(fn: Callable[[str], object], text: str, repeat: int = 3) -> tuple
 
 def presidio_finder() -> Callable[[str], list[Span]] | None:
     """Presidio's pattern recognizers as a `find` function, or None if not installed."""
+    # tldextract (used by Presidio's e-mail check) tries to download the public suffix list,
+    # fails offline, falls back to its bundled copy, and logs a traceback: keep that quiet.
+    logging.getLogger("tldextract").setLevel(logging.CRITICAL)
     try:
         from presidio_analyzer.predefined_recognizers import (
             CreditCardRecognizer,
