@@ -307,8 +307,9 @@ class _SegmentFile(io.RawIOBase):
         if self.segments > MAX_SEGMENTS:
             raise CorruptedError(f"{name}: header corrupted (too many segments)")
         self._cache_index = -1
-        self._ct_buf = bytearray(self._stride)
-        self._pt_buf = bytearray(self._seg)
+        # Sized by what the file holds, not by the (not yet authenticated) header alone.
+        self._pt_buf = bytearray(min(self._seg, self.length))
+        self._ct_buf = bytearray(len(self._pt_buf) + TAG_SIZE)
         self._cache = memoryview(self._pt_buf)[:0]
         self._pos = 0
         # Authenticate the final segment now: it binds the length, so size and EOF are trusted.
