@@ -55,16 +55,26 @@ def filter_sbom(bom: dict[str, Any], keep: set[str]) -> dict[str, Any]:
     """The SBOM with only components in `keep` (and their dependency edges)."""
     components = [c for c in bom["components"] if canonical(c["name"]) in keep]
     refs = {c["bom-ref"] for c in components}
-    direct = {canonical(Requirement(r).name) for r in
-              (metadata.distribution(ROOT).requires or [])
-              if Requirement(r).marker is None
-              or any(Requirement(r).marker.evaluate({"extra": e})  # type: ignore[union-attr]
-                     for e in EXTRAS)}
+    direct = {
+        canonical(Requirement(r).name)
+        for r in (metadata.distribution(ROOT).requires or [])
+        if Requirement(r).marker is None
+        or any(
+            Requirement(r).marker.evaluate({"extra": e})  # type: ignore[union-attr]
+            for e in EXTRAS
+        )
+    }
     deps = []
     for d in bom.get("dependencies", []):
         if d["ref"] == "root-component":
-            deps.append({"ref": d["ref"], "dependsOn": sorted(
-                c["bom-ref"] for c in components if canonical(c["name"]) in direct)})
+            deps.append(
+                {
+                    "ref": d["ref"],
+                    "dependsOn": sorted(
+                        c["bom-ref"] for c in components if canonical(c["name"]) in direct
+                    ),
+                }
+            )
         elif d["ref"] in refs:
             deps.append({**d, "dependsOn": [x for x in d.get("dependsOn", []) if x in refs]})
     out = {**bom, "components": components, "dependencies": deps}
@@ -87,8 +97,7 @@ def main(argv: list[str]) -> int:
     with open(argv[1], "w") as f:
         json.dump(out, f, indent=2, sort_keys=True)
         f.write("\n")
-    print(f"{len(out['components'])} of {len(bom['components'])} components kept",
-          file=sys.stderr)
+    print(f"{len(out['components'])} of {len(bom['components'])} components kept", file=sys.stderr)
     return 0
 
 

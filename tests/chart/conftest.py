@@ -26,9 +26,9 @@ def helm() -> Path:
 def render(helm: Path) -> Render:
     """`helm template` the chart with a values set and extra --set args; parsed docs."""
 
-    def _render(values: str = "default", *sets: str, include_crds: bool = False) -> list[
-        dict[str, Any]
-    ]:
+    def _render(
+        values: str = "default", *sets: str, include_crds: bool = False
+    ) -> list[dict[str, Any]]:
         args = ["template", "sealtune", str(CHART), "--namespace", NAMESPACE]
         if values != "default":
             args += ["-f", str(values_file(values))]

@@ -39,10 +39,16 @@ def workload_manifests() -> list[dict[str, Any]]:
     from sealtune_operator.settings import OperatorSettings
 
     doc = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())
-    doc["metadata"] = {"name": "clinical-notes-lora", "namespace": "ml", "uid": "u-1",
-                       "generation": 1}
-    settings = OperatorSettings(trainer_image="registry.internal.example:5000/sealtune/"
-                                "sealtune-trainer:0.1.0@sha256:" + "2" * 64)
+    doc["metadata"] = {
+        "name": "clinical-notes-lora",
+        "namespace": "ml",
+        "uid": "u-1",
+        "generation": 1,
+    }
+    settings = OperatorSettings(
+        trainer_image="registry.internal.example:5000/sealtune/"
+        "sealtune-trainer:0.1.0@sha256:" + "2" * 64
+    )
     spec = FineTuneJobSpec.model_validate(doc["spec"])
     return finetune.children(doc, spec, settings, os.urandom(32))
 
@@ -50,8 +56,9 @@ def workload_manifests() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def scan(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[tuple[str, str]]]:
     """One checkov run over every target; failed (check, Kind/name) per target."""
-    checkov = subprocess.run([str(REPO / "hack" / "get-checkov.sh")], check=True,
-                             capture_output=True, text=True).stdout.split()[-1]
+    checkov = subprocess.run(
+        [str(REPO / "hack" / "get-checkov.sh")], check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
     d = tmp_path_factory.mktemp("scan")
     for v in VALUE_SETS:
         args = ["template", "sealtune", str(CHART), "-n", NAMESPACE, "--include-crds"]
@@ -62,9 +69,21 @@ def scan(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[
     assert {w["kind"] for w in workloads} >= {"NetworkPolicy", "Job", "Secret"}
     (d / "workloads.yaml").write_text(yaml.safe_dump_all(workloads))
     proc = subprocess.run(
-        [checkov, "-d", str(d), "--framework", "kubernetes", "--skip-download", "--quiet",
-         "--compact", "-o", "json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            checkov,
+            "-d",
+            str(d),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     reports = json.loads(proc.stdout)
@@ -86,8 +105,9 @@ def allowed(target: str, rows: set[tuple[str, str, str]]) -> set[tuple[str, str]
     if target == "workloads":
         scopes = {"workloads"}
     else:
-        scopes = {"chart"} if target.removeprefix("chart-") in PINNED else {"chart",
-                                                                             "chart-unpinned"}
+        scopes = (
+            {"chart"} if target.removeprefix("chart-") in PINNED else {"chart", "chart-unpinned"}
+        )
     return {(check, res) for check, scope, res in rows if scope in scopes}
 
 

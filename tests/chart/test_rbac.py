@@ -63,8 +63,11 @@ def test_all_namespaces_cluster_role_is_exact(render: Render) -> None:
     assert rules == EXPECTED_NAMESPACED | EXPECTED_CLUSTER
     assert secret_verbs(rules) == {frozenset({"create", "delete"})}
     binding = one(docs, "ClusterRoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
-                                  "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "sealtune-operator", "namespace": NAMESPACE}
     ]

@@ -112,9 +112,7 @@ def test_internal_registry_rewrites_and_pins_every_image(render: Render) -> None
     for img in images:
         assert img.startswith(INTERNAL), img
         assert "@sha256:" in img and len(img.split("@sha256:")[1]) == 64, img
-    assert images[0] == (
-        f"{INTERNAL}sealtune/sealtune-operator:{APP_VERSION}@sha256:" + "1" * 64
-    )
+    assert images[0] == (f"{INTERNAL}sealtune/sealtune-operator:{APP_VERSION}@sha256:" + "1" * 64)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["imagePullSecrets"] == [{"name": "internal-registry"}]
     assert one(docs, "ServiceAccount")["imagePullSecrets"] == [{"name": "internal-registry"}]
@@ -127,8 +125,12 @@ def test_internal_registry_rewrites_and_pins_every_image(render: Render) -> None
 
 
 def test_digest_without_tag_and_registry_override_per_image(render: Render) -> None:
-    docs = render("default", "image.tag=v9", "trainerImage.registry=mirror.local",
-                  "trainerImage.digest=sha256:" + "a" * 64)
+    docs = render(
+        "default",
+        "image.tag=v9",
+        "trainerImage.registry=mirror.local",
+        "trainerImage.digest=sha256:" + "a" * 64,
+    )
     images = all_images(docs)
     assert images[0] == "ghcr.io/sealtune/sealtune-operator:v9"
     assert images[1] == f"mirror.local/sealtune/sealtune-trainer:{APP_VERSION}@sha256:" + "a" * 64
@@ -195,8 +197,10 @@ def test_operator_network_policy_default(render: Render) -> None:
 def test_operator_network_policy_pinned_to_apiserver(render: Render) -> None:
     np = one(render("internal-registry"), "NetworkPolicy")
     assert np["spec"]["egress"] == [
-        {"ports": [{"port": 6443, "protocol": "TCP"}],
-         "to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}]}
+        {
+            "ports": [{"port": 6443, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}],
+        }
     ]
     with_dns = one(render("default", "networkPolicy.allowDNS=true"), "NetworkPolicy")
     assert [p["port"] for p in with_dns["spec"]["egress"][1]["ports"]] == [53, 53]
@@ -220,11 +224,14 @@ def test_admission_policy(render: Render) -> None:
     assert "system:serviceaccount:kube-system:generic-garbage-collector" in users
     assert not any(u.startswith("system:serviceaccount:default") for u in users)
     extra = render("default", "admissionPolicy.extraAllowedUsers={alice@example.com}")
-    extra_users = yaml.safe_load(one(extra, "ValidatingAdmissionPolicy")["spec"]["variables"][0][
-        "expression"])
+    extra_users = yaml.safe_load(
+        one(extra, "ValidatingAdmissionPolicy")["spec"]["variables"][0]["expression"]
+    )
     assert extra_users[-1] == "alice@example.com"
-    assert by_kind(render("default", "admissionPolicy.enabled=false"),
-                   "ValidatingAdmissionPolicy") == []
+    assert (
+        by_kind(render("default", "admissionPolicy.enabled=false"), "ValidatingAdmissionPolicy")
+        == []
+    )
 
 
 def crd_names(docs: list[dict[str, Any]]) -> set[str]:
@@ -238,12 +245,16 @@ def test_crds_from_crds_folder_and_as_templates(render: Render) -> None:
         for d in load_all(f.read_text()):
             if d.get("kind") == "CustomResourceDefinition":
                 expected[d["metadata"]["name"]] = d
-    assert {"finetunejobs.sealtune.io", "kopfpeerings.kopf.dev",
-            "clusterkopfpeerings.kopf.dev"} <= expected.keys()
+    assert {
+        "finetunejobs.sealtune.io",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+    } <= expected.keys()
     assert crd_names(render()) == set()  # crds/ is not a template by default
     assert crd_names(render(include_crds=True)) == expected.keys()
-    templated = by_kind(render("default", "crds.manageAsTemplates=true"),
-                        "CustomResourceDefinition")
+    templated = by_kind(
+        render("default", "crds.manageAsTemplates=true"), "CustomResourceDefinition"
+    )
     assert {d["metadata"]["name"] for d in templated} == expected.keys()
     for d in templated:
         assert d["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -258,11 +269,21 @@ def test_crds_folder_matches_generated_crds() -> None:
 
 
 def test_notes_tell_next_steps(helm: Path) -> None:
-    out = run_helm(helm, "install", "sealtune", str(CHART), "--dry-run=client",
-                   "--namespace", NAMESPACE).stdout
-    notes = out[out.index("NOTES:"):]
+    out = run_helm(
+        helm, "install", "sealtune", str(CHART), "--dry-run=client", "--namespace", NAMESPACE
+    ).stdout
+    notes = out[out.index("NOTES:") :]
     assert "rollout status deployment/sealtune-operator" in notes
     assert "StorageNotEncrypted" in notes  # warns: empty allowlist blocks every job
-    out2 = run_helm(helm, "install", "sealtune", str(CHART), "--dry-run=client",
-                    "--namespace", NAMESPACE, "-f", str(values_file("internal-registry"))).stdout
-    assert "StorageNotEncrypted" not in out2[out2.index("NOTES:"):]
+    out2 = run_helm(
+        helm,
+        "install",
+        "sealtune",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(values_file("internal-registry")),
+    ).stdout
+    assert "StorageNotEncrypted" not in out2[out2.index("NOTES:") :]

@@ -33,8 +33,9 @@ INVALID: list[tuple[str, str]] = [
 
 @pytest.mark.parametrize(("setting", "expected"), INVALID, ids=[s for s, _ in INVALID])
 def test_invalid_values_rejected(helm: Path, setting: str, expected: str) -> None:
-    proc = run_helm(helm, "template", "sealtune", str(CHART), "-n", NAMESPACE,
-                    "--set", setting, check=False)
+    proc = run_helm(
+        helm, "template", "sealtune", str(CHART), "-n", NAMESPACE, "--set", setting, check=False
+    )
     assert proc.returncode != 0, f"{setting} was accepted"
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert expected in proc.stderr, proc.stderr
