@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "sealtune_trainer.train_cli", "train", "--config", str(job_path),
            "--volumes-root", str(vols), "--secrets-root", str(secrets),
            "--summary-out", str(summary_path), "--quiet", "--device", "cpu"]
-    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    env = dict(os.environ)
+    env.setdefault("SEALTUNE_CPU_THREADS", "1")  # a tiny model: one thread is fastest
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         print(f"training failed (exit {proc.returncode})", file=sys.stderr)
         return proc.returncode

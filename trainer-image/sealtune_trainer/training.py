@@ -241,7 +241,7 @@ class Trainer:
         return True
 
     def run(self, on_step: Callable[[StepStats], None] | None = None) -> None:
-        check_every = max(1, self.plan.total_steps // 20)
+        check_every = max(10, self.plan.total_steps // 10)
         while self.budget_left(check_epsilon=self.step > 0 and self.step % check_every == 0):
             stats = self.train_step()
             if on_step is not None:
