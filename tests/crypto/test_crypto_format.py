@@ -314,3 +314,25 @@ def test_allocating_fallback_reads_and_writes_the_same_format(
     path, key = _tampered(tmp_path, "flipped_bit")
     with pytest.raises(CorruptedError), crypto.open_encrypted(path, key) as r:
         r.read()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_single_byte_change_or_cut_is_rejected(tmp_path: Path, data: st.DataObject) -> None:
+    """No edit of any byte, and no truncation at any length, ever yields plaintext."""
+    orig = tmp_path / "orig.enc"
+    if not orig.exists():
+        _encrypt(orig, PLAIN)
+    raw = orig.read_bytes()
+    if data.draw(st.booleans(), label="cut"):
+        tampered = raw[: data.draw(st.integers(0, len(raw) - 1), label="length")]
+    else:
+        i = data.draw(st.integers(0, len(raw) - 1), label="offset")
+        delta = data.draw(st.integers(1, 255), label="xor")
+        tampered = raw[:i] + bytes([raw[i] ^ delta]) + raw[i + 1 :]
+    path = tmp_path / "t.enc"
+    path.write_bytes(tampered)
+    with pytest.raises(CryptoError), crypto.open_encrypted(path, KEY) as r:
+        r.read()

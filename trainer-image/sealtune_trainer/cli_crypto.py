@@ -52,7 +52,10 @@ def register(subparsers: Any) -> None:
     _progress_flags(p)
     p.set_defaults(func=cmd_decrypt)
 
-    p = subparsers.add_parser("inspect", help="show an encrypted file's header (no key needed)")
+    p = subparsers.add_parser(
+        "inspect",
+        help="show an encrypted file's header (no key needed); exit 5 if the size is inconsistent",
+    )
     p.add_argument("file", help="ciphertext file")
     p.add_argument("-k", "--key", help="also authenticate every segment with this key")
     p.add_argument("--json", action="store_true", help="print JSON")

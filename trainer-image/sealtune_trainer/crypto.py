@@ -523,7 +523,9 @@ class EncryptedWriter(io.BufferedIOBase):
     Data goes to a temporary file in the destination directory; a successful close seals the
     final segment, patches the length into the header, fsyncs and `os.replace`s it into place.
     An exception inside the `with` block, `abort()`, or garbage collection of an unclosed
-    writer removes the temporary file and leaves nothing behind.
+    writer removes the temporary file and leaves nothing behind. When wrapping it (e.g. in
+    `io.TextIOWrapper`), keep the writer's own `with` outermost and `detach()` the wrapper:
+    closing a wrapper closes, and so publishes, the writer.
     """
 
     def __init__(
