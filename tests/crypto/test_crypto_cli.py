@@ -169,10 +169,18 @@ def test_redact_stdin_stdout(tmp_path: Path) -> None:
     assert bad.returncode == 1 and b"UTF-8" in bad.stderr
 
 
-def test_keygen_does_not_import_ml_stack() -> None:
+def test_cli_start_imports_no_heavy_modules() -> None:
+    heavy = ("torch", "transformers", "peft", "opacus", "pydantic")
     code = (
         "import sys; from sealtune_trainer.cli import build_parser; build_parser(); "
-        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'opacus') if m in sys.modules))"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_cli_entity_list_matches_config() -> None:
+    from sealtune_trainer import cli_crypto
+    from sealtune_trainer.config import PII_ENTITIES
+
+    assert cli_crypto.PII_ENTITIES == PII_ENTITIES
