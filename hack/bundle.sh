@@ -19,7 +19,7 @@
 #
 # Environment: IMAGE_DIGESTS, INTERNAL_REGISTRY (default registry.internal.example:5000),
 # OUT (default dist), PYTHON (default .venv/bin/python), SOURCE_DATE_EPOCH (default: the
-# last commit's time; makes the tarball reproducible).
+# last commit's time; the outer tarball's file times and the SBOM timestamp).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -137,9 +137,7 @@ log "writing the CycloneDX SBOM of the Python dependencies"
 "$PYTHON" "$REPO/hack/sbom_closure.py" "$work/sbom-full.json" "$stage/sbom/sealtune-python.cdx.json"
 
 cp "$REPO"/deploy/argocd/* "$stage/argocd/"
-for doc in install-airgapped.md gitops.md; do
-  [ -f "$REPO/docs/$doc" ] && cp "$REPO/docs/$doc" "$stage/docs/"
-done
+cp "$REPO/docs/install-airgapped.md" "$REPO/docs/gitops.md" "$stage/docs/"
 
 (cd "$stage" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort \
   | xargs -d '\n' sha256sum > SHA256SUMS)

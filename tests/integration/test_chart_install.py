@@ -337,6 +337,7 @@ def check_job_reconciles_without_drift(c: LocalCluster, ns: Namespace) -> None:
     now = ns.get("finetunejob", "gitops-job")
     assert now["spec"] == created["spec"]
     assert now["metadata"].get("annotations") == manifest["metadata"]["annotations"]
+    assert now["metadata"].get("labels") == created["metadata"].get("labels")
     assert now["metadata"]["generation"] == created["metadata"]["generation"]
     assert now["status"]["phase"] in ("Pending", "Running")
 
