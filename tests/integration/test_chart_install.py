@@ -161,6 +161,43 @@ def can_i(c: LocalCluster, verb: str, resource: str, ns: str = "team-a") -> bool
     return proc.stdout.strip() == "yes"
 
 
+def test_namespace_scoped_rbac_reaches_only_watched_namespaces(chart_cluster: LocalCluster) -> None:
+    """watchNamespaces: full rights in the watched namespaces, none elsewhere."""
+    c = chart_cluster
+    for ns in (OPERATOR_NS, "watched-a", "watched-b", "unwatched"):
+        c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    rbac = template(
+        "--set",
+        "watchNamespaces={watched-a,watched-b}",
+        "--show-only",
+        "templates/rbac.yaml",
+        "--show-only",
+        "templates/serviceaccount.yaml",
+    )
+    c.kubectl("apply", "-f", "-", input=rbac)
+    try:
+        for ns in ("watched-a", "watched-b"):
+            for verb, res in OPERATOR_MAY:
+                assert can_i(c, verb, res, ns), f"cannot {verb} {res} in {ns}"
+            for verb, res in OPERATOR_MAY_NOT:
+                assert not can_i(c, verb, res, ns), f"may {verb} {res} in {ns}"
+        for verb, res in [
+            ("watch", "finetunejobs.sealtune.io"),
+            ("create", "networkpolicies.networking.k8s.io"),
+            ("create", "secrets"),
+            ("create", "jobs.batch"),
+            ("patch", "kopfpeerings.kopf.dev"),
+        ]:
+            assert not can_i(c, verb, res, "unwatched"), f"may {verb} {res} in unwatched"
+        # The small ClusterRole: only what has no namespace.
+        assert can_i(c, "list", "customresourcedefinitions.apiextensions.k8s.io", "")
+        assert can_i(c, "watch", "namespaces", "")
+        assert not can_i(c, "list", "finetunejobs.sealtune.io", "unwatched")
+    finally:
+        c.kubectl("delete", "-f", "-", "--wait=true", input=rbac)
+        c.kubectl("delete", "namespace", "watched-a", "watched-b", "unwatched", "--wait=false")
+
+
 RESTRICTED_LABELS = (
     "pod-security.kubernetes.io/enforce=restricted",
     "pod-security.kubernetes.io/warn=restricted",
