@@ -555,7 +555,7 @@ class EncryptedWriter(io.BufferedIOBase):
         self._index = 0
         self._length = 0
         try:
-            self._file.write(self._auth + _LENGTH.pack(0))
+            _write_all(self._file, self._auth + _LENGTH.pack(0))
         except BaseException:
             self.abort()
             raise
@@ -572,9 +572,9 @@ class EncryptedWriter(io.BufferedIOBase):
         if _HAS_INTO:
             out = memoryview(self._out)[: len(data) + TAG_SIZE]
             self._aead.encrypt_into(nonce, data, aad, out)
-            self._file.write(out)
+            _write_all(self._file, out)
         else:
-            self._file.write(self._aead.encrypt(nonce, bytes(data), aad))
+            _write_all(self._file, self._aead.encrypt(nonce, bytes(data), aad))
         self._index += 1
 
     def write(self, data: Any) -> int:
@@ -618,7 +618,7 @@ class EncryptedWriter(io.BufferedIOBase):
             self._emit(self._buf, last=True)
             self._buf = bytearray()
             self._file.seek(AUTH_HEADER_SIZE)
-            self._file.write(_LENGTH.pack(self._length))
+            _write_all(self._file, _LENGTH.pack(self._length))
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
@@ -670,6 +670,14 @@ class EncryptedWriter(io.BufferedIOBase):
 # file helpers
 
 
+def _write_all(f: BinaryIO, data: bytes | memoryview) -> None:
+    """Write everything (a raw file may accept less than asked)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:] if n is not None else view[len(view) :]
+
+
 def _copy(
     src: io.RawIOBase | io.BufferedIOBase, dst: Any, chunk: int, progress: Progress | None
 ) -> None:
@@ -679,7 +687,10 @@ def _copy(
         n = src.readinto(view)
         if not n:
             break
-        dst.write(view[:n])
+        if isinstance(dst, EncryptedWriter):
+            dst.write(view[:n])
+        else:
+            _write_all(dst, view[:n])
         if progress is not None:
             progress(n)
 
