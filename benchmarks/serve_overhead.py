@@ -45,11 +45,11 @@ def _free_port() -> int:
 def _assets(root: Path, threads: int) -> dict[str, Any]:
     """Tiny model, encrypted random LoRA adapter, TLS material, one API key."""
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from sealtune_trainer import crypto
+    from sealtune_trainer.output import write_encrypted_adapter
     from sealtune_trainer.serve.apikeys import create_key
     from sealtune_trainer.serve.devtls import write_self_signed_tls
     from sealtune_trainer.tinymodel import make_tiny_llama
@@ -65,15 +65,7 @@ def _assets(root: Path, threads: int) -> dict[str, Any]:
     key = crypto.generate_key()
     (root / "adapter.key").write_bytes(key)
     adapters = root / "adapters"
-    adapters.mkdir()
-    config = peft.peft_config["default"].to_dict()
-    config["target_modules"] = sorted(config["target_modules"])
-    crypto.write_encrypted_bytes(
-        adapters / "adapter_model.safetensors.enc", save(get_peft_model_state_dict(peft)), key
-    )
-    crypto.write_encrypted_bytes(
-        adapters / "adapter_config.json.enc", json.dumps(config).encode(), key
-    )
+    write_encrypted_adapter(peft, adapters, key)  # the trainer's own output format
     ca = write_self_signed_tls(root / "tls")
     keys = root / "apikeys"
     keys.mkdir()

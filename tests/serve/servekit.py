@@ -44,9 +44,10 @@ class Assets:
     ca: Path
     keys_dir: Path
     keys: dict[str, str]  # key id -> full key
+    adapter_files: dict[str, bytes]  # plaintext PEFT files, for in-process layout tests
 
 
-def _train_pii_adapter(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
+def _train_pii_adapter(model_dir: Path) -> tuple[bytes, bytes]:
     """LoRA-fine-tune the tiny model until greedy decoding of PII_PROMPT yields PII_ANSWER."""
     import torch
 
@@ -58,11 +59,12 @@ def _train_pii_adapter(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
         torch.set_num_threads(threads)
 
 
-def _train(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
+def _train(model_dir: Path) -> tuple[bytes, bytes]:
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sealtune_trainer.output import adapter_bytes
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -96,9 +98,7 @@ def _train(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=48, do_sample=False)
     text = tok.decode(out[0][len(prompt_ids) :], skip_special_tokens=True)
     assert PII_EMAIL in text and PII_PHONE in text, "the adapter did not memorise its answer"
-    config = model.peft_config["default"].to_dict()
-    config["target_modules"] = sorted(config["target_modules"])
-    return save(get_peft_model_state_dict(model)), config
+    return adapter_bytes(model)  # the trainer's own serialisation
 
 
 def free_port() -> int:
@@ -208,6 +208,7 @@ def copy_keys(assets: Assets, dest: Path) -> Path:
 def build_assets(root: Path) -> Assets:
     """Tiny model, trained encrypted adapter, TLS material and two API keys under `root`."""
     from sealtune_trainer import crypto
+    from sealtune_trainer.output import ADAPTER_FILE, CONFIG_NAME, WEIGHTS_NAME, tar_bytes
     from sealtune_trainer.serve.apikeys import create_key
     from sealtune_trainer.serve.devtls import write_self_signed_tls
     from sealtune_trainer.tinymodel import make_tiny_llama
@@ -221,10 +222,9 @@ def build_assets(root: Path) -> Assets:
     key_file.chmod(0o400)
     adapter_dir = root / "adapters"
     adapter_dir.mkdir()
-    crypto.write_encrypted_bytes(adapter_dir / "adapter_model.safetensors.enc", weights, key)
-    crypto.write_encrypted_bytes(
-        adapter_dir / "adapter_config.json.enc", json.dumps(config).encode(), key
-    )
+    # Exactly what the trainer publishes (sealtune_trainer.output.write_encrypted_adapter).
+    archive = tar_bytes({WEIGHTS_NAME: weights, CONFIG_NAME: config})
+    crypto.write_encrypted_bytes(adapter_dir / ADAPTER_FILE, archive, key)
     ca = write_self_signed_tls(root / "tls")
     keys_dir = root / "apikeys"
     keys_dir.mkdir()
@@ -233,4 +233,7 @@ def build_assets(root: Path) -> Assets:
         new = create_key(name)
         (keys_dir / new.key_id).write_text(new.hash_line + "\n")
         keys[new.key_id] = new.key
-    return Assets(root, model_dir, adapter_dir, key_file, root / "tls", ca, keys_dir, keys)
+    return Assets(
+        root, model_dir, adapter_dir, key_file, root / "tls", ca, keys_dir, keys,
+        {WEIGHTS_NAME: weights, CONFIG_NAME: config},
+    )  # fmt: skip

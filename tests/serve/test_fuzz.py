@@ -44,7 +44,7 @@ def _maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(strategy, any_json)
 
 
-text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
 message = st.fixed_dictionaries(
     {"role": _maybe(st.sampled_from(["system", "user", "assistant", "developer", "tool"])),
      "content": _maybe(text | st.lists(st.fixed_dictionaries({"type": st.just("text"),

@@ -291,6 +291,6 @@ def test_docs_ui_is_off_and_schema_needs_a_key(server: ServerProcess, key: str) 
 
 def test_assets_layout(assets: Assets) -> None:
     # The adapter on disk is ciphertext only: no safetensors header, no JSON.
-    for f in assets.adapter_dir.iterdir():
+    for f in assets.adapter_dir.iterdir():  # adapter.tar.enc
         head = f.read_bytes()[:8]
         assert head == b"SEALTUNE", f.name

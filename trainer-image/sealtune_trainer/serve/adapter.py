@@ -1,9 +1,13 @@
 """Load an encrypted LoRA adapter into memory and apply it to the base model.
 
 Plaintext weights never touch a disk: ciphertext is authenticated and decrypted into
-bytes, parsed with `safetensors.torch.load`, and handed to PEFT. Two layouts are read:
-a directory of per-file ciphertexts (`adapter_model.safetensors[.enc]` and
-`adapter_config.json[.enc]`), or one encrypted tar archive holding those two files.
+bytes, parsed with `safetensors.torch.load`, and handed to PEFT. Layouts read:
+
+- the trainer's output (`sealtune_trainer.output`): `adapter.tar.enc`, one encrypted tar
+  holding `adapter_model.safetensors` and `adapter_config.json`; `path` may be that file
+  or the directory that contains it;
+- a directory of per-file ciphertexts (`adapter_model.safetensors.enc`,
+  `adapter_config.json.enc`).
 """
 
 from __future__ import annotations
@@ -12,15 +16,15 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sealtune_trainer import crypto
+from sealtune_trainer.output import ADAPTER_FILE, CONFIG_NAME, WEIGHTS_NAME
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-_SUFFIXES = ("", ".enc", ".sealed")
+if TYPE_CHECKING:  # torch is imported only by the functions that need it
+    import torch
+
+_SUFFIXES = (".enc", "")  # a plaintext file is found too, and refused by the decryptor
 
 
 class AdapterError(RuntimeError):
@@ -32,7 +36,9 @@ def _find(directory: Path, name: str) -> Path:
         candidate = directory / (name + suffix)
         if candidate.is_file():
             return candidate
-    raise AdapterError(f"{directory}: no {name} (or {name}.enc) in the adapter directory")
+    raise AdapterError(
+        f"{directory}: neither {ADAPTER_FILE} nor {name}.enc in the adapter directory"
+    )
 
 
 def _from_tar(blob: bytes, source: Path) -> tuple[bytes, bytes]:
@@ -53,12 +59,11 @@ def _from_tar(blob: bytes, source: Path) -> tuple[bytes, bytes]:
     return files[WEIGHTS_NAME], files[CONFIG_NAME]
 
 
-def load_adapter(path: Path, key_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Decrypt an adapter into memory: (LoRA state dict, adapter_config as a dict)."""
-    from safetensors.torch import load as load_safetensors
-
-    key = crypto.load_key(key_file)
+def decrypt_adapter_files(path: Path, key: bytes) -> tuple[bytes, bytes]:
+    """(safetensors bytes, adapter_config.json bytes), decrypted into memory."""
     path = Path(path)
+    if path.is_dir() and (path / ADAPTER_FILE).is_file():
+        path = path / ADAPTER_FILE
     if path.is_dir():
         weights = crypto.read_encrypted_bytes(_find(path, WEIGHTS_NAME), key)
         config_bytes = crypto.read_encrypted_bytes(_find(path, CONFIG_NAME), key)
@@ -66,6 +71,14 @@ def load_adapter(path: Path, key_file: Path) -> tuple[dict[str, torch.Tensor], d
         weights, config_bytes = _from_tar(crypto.read_encrypted_bytes(path, key), path)
     else:
         raise AdapterError(f"{path}: adapter path does not exist")
+    return weights, config_bytes
+
+
+def load_adapter(path: Path, key_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Decrypt an adapter into memory: (LoRA state dict, adapter_config as a dict)."""
+    from safetensors.torch import load as load_safetensors
+
+    weights, config_bytes = decrypt_adapter_files(Path(path), crypto.load_key(key_file))
     try:
         config = json.loads(config_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError):

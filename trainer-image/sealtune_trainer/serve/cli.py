@@ -61,6 +61,22 @@ def register(subparsers: Any) -> None:
     create.add_argument("--namespace", help="Secret namespace")
     create.set_defaults(func=run_apikey_create)
 
+    adapter = subparsers.add_parser("adapter", help="encrypted adapter helpers")
+    asub = adapter.add_subparsers(dest="adapter_command", required=True)
+    unpack = asub.add_parser(
+        "unpack",
+        help="decrypt an adapter into a memory-backed directory (vLLM's init container)",
+    )
+    unpack.add_argument("--adapter", required=True, help="adapter.tar.enc or its directory")
+    unpack.add_argument("--key-file", required=True, help="the adapter's key file")
+    unpack.add_argument("--out", required=True, help="output directory (must be tmpfs)")
+    unpack.add_argument(
+        "--allow-disk",
+        action="store_true",
+        help="allow a non-memory-backed output directory (plaintext on disk: local tests only)",
+    )
+    unpack.set_defaults(func=run_adapter_unpack)
+
 
 _SCALARS = {
     "model_dir": "model_dir",
@@ -145,6 +161,58 @@ def run_apikey_create(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     sys.stdout.write(secret_manifest([key], secret_name=args.secret_name, namespace=args.namespace))
+    return 0
+
+
+def memory_backed(path: Path) -> bool:
+    """True when `path` lies on tmpfs/ramfs, judged by the longest matching mount point."""
+    target = path.resolve()
+    while not target.exists():
+        target = target.parent
+    best, fstype = "", ""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, right.split()[0]
+    return fstype in ("tmpfs", "ramfs")
+
+
+def run_adapter_unpack(args: argparse.Namespace) -> int:
+    """Entry point of `sealtune adapter unpack`: PEFT files into a tmpfs directory."""
+    import os
+
+    from sealtune_trainer import crypto
+    from sealtune_trainer.output import CONFIG_NAME, WEIGHTS_NAME
+    from sealtune_trainer.serve.adapter import AdapterError, decrypt_adapter_files
+
+    out = Path(args.out)
+    if not args.allow_disk and not memory_backed(out):
+        print(
+            f"sealtune adapter unpack: {out} is not memory-backed (tmpfs); refusing to write "
+            "plaintext weights to disk (mount an emptyDir with medium: Memory)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        weights, config = decrypt_adapter_files(Path(args.adapter), crypto.load_key(args.key_file))
+    except AdapterError as exc:
+        print(f"sealtune adapter unpack: {exc}", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in ((WEIGHTS_NAME, weights), (CONFIG_NAME, config)):
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o440)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    print(f"unpacked {WEIGHTS_NAME} and {CONFIG_NAME} into {out}", file=sys.stderr)
     return 0
 
 
