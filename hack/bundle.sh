@@ -8,7 +8,7 @@
 #     values-internal-registry.yaml       global.imageRegistry + every image pinned by digest
 #     sbom/sealtune-python.cdx.json       CycloneDX SBOM of the images' Python deps
 #     argocd/                             Argo CD health checks, argocd-cm snippet, Applications
-#     docs/install-airgapped.md, docs/gitops.md
+#     docs/install-airgapped.md, docs/gitops.md, examples/*.yaml
 #     SHA256SUMS                          sha256 of every file above
 #
 # Digests: the images are built and pushed by the release pipeline, which writes
@@ -41,7 +41,7 @@ NAME="sealtune-bundle-$VERSION"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 stage="$work/$NAME"
-mkdir -p "$stage"/{chart,crds,sbom,argocd,docs} "$OUT"
+mkdir -p "$stage"/{chart,crds,sbom,argocd,docs,examples} "$OUT"
 
 log "linting and packaging the chart ($VERSION)"
 "$HELM" lint --strict "$CHART" >&2
@@ -138,6 +138,7 @@ log "writing the CycloneDX SBOM of the Python dependencies"
 
 cp "$REPO"/deploy/argocd/* "$stage/argocd/"
 cp "$REPO/docs/install-airgapped.md" "$REPO/docs/gitops.md" "$stage/docs/"
+cp "$REPO"/examples/*.yaml "$stage/examples/"
 
 (cd "$stage" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort \
   | xargs -d '\n' sha256sum > SHA256SUMS)

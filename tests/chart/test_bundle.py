@@ -81,12 +81,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bundle_has_every_part_and_checksums_verify(bundle: Path) -> None:
     files = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()}
-    assert files == EXPECTED_FILES
+    examples = {f"examples/{p.name}" for p in (REPO / "examples").glob("*.yaml")}
+    assert "examples/finetunejob.yaml" in examples
+    assert files == EXPECTED_FILES | examples
     sums = {}
     for line in (bundle / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ", 1)
         sums[name] = digest
-    assert set(sums) == EXPECTED_FILES - {"SHA256SUMS"}
+    assert set(sums) == files - {"SHA256SUMS"}
     for name, digest in sums.items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest, name
     # The same check a user runs inside the network.
