@@ -138,6 +138,7 @@ class ServerProcess:
             "host": "127.0.0.1",
             "port": self.port,
             "rateLimit": {"requestsPerMinute": 100000},
+            "authFailuresPerMinute": 100000,
             "maxBodyBytes": 65536,
             "maxTokens": 64,
             "audit": {"path": str(self.audit_path), "logPrompts": False},

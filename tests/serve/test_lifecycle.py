@@ -30,6 +30,7 @@ def test_rate_limit_rotation_and_redacted_prompt_log(assets: Assets, tmp_path: P
         tmp_path,
         apiKeysDir=str(keys_dir),
         rateLimit={"requestsPerMinute": 2},
+        authFailuresPerMinute=2,
         keyReloadSeconds=0,
         audit={"path": str(tmp_path / "audit.log"), "logPrompts": True},
     )
@@ -60,13 +61,23 @@ def test_rate_limit_rotation_and_redacted_prompt_log(assets: Assets, tmp_path: P
         (keys_dir / "alpha").unlink()
         with srv.client(alpha) as c:
             assert c.get("/v1/models").status_code == 401
+        # Failed authentications are limited per client address (here 2 per minute): the
+        # third bad attempt is refused before any key is checked, even a good one.
+        with srv.client("stk_alpha_" + "Q" * 43) as c:
+            assert c.get("/v1/models").status_code == 401
+            blocked = c.get("/v1/models")
+        assert blocked.status_code == 429
+        assert blocked.json()["error"]["code"] == "auth_rate_limited"
+        assert int(blocked.headers["retry-after"]) >= 1
+        with srv.client(gamma.key) as c:
+            assert c.get("/v1/models").status_code == 429
     finally:
         assert srv.stop() == 0
 
     lines = srv.audit_lines()
     assert [(x["keyId"], x["status"]) for x in lines] == [
         ("alpha", 200), ("alpha", 200), ("alpha", 429), ("beta", 200), ("gamma", 200),
-        (None, 401),
+        (None, 401), (None, 401), (None, 429), (None, 429),
     ]  # fmt: skip
     logged = lines[3]
     assert logged["prompt"] == "Email [EMAIL] the results"

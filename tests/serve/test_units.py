@@ -114,6 +114,16 @@ def test_token_bucket_burst_refill_and_retry_after() -> None:
     assert [limiter.acquire("k") for _ in range(3)] == [0, 0, 10]
 
 
+def test_blocked_peeks_without_consuming() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60, burst=1, clock=lambda: now[0])
+    assert limiter.blocked("ip") == 0  # unseen
+    assert limiter.acquire("ip") == 0
+    assert limiter.blocked("ip") == 1 and limiter.blocked("ip") == 1
+    now[0] = 1.0
+    assert limiter.blocked("ip") == 0 and limiter.acquire("ip") == 0
+
+
 def test_rate_limiter_is_thread_safe() -> None:
     limiter = RateLimiter(60, burst=100, clock=lambda: 0.0)
     granted: list[int] = []

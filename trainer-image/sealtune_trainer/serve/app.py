@@ -104,6 +104,7 @@ def build_app(
         api,
         keys=keys,
         limiter=RateLimiter(cfg.rate_limit.requests_per_minute, cfg.rate_limit.burst),
+        failures=RateLimiter(cfg.auth_failures_per_minute),
         max_body_bytes=cfg.max_body_bytes,
         metrics=metrics,
     )

@@ -34,6 +34,11 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="HTTPS port (default 8443)")
     serve.add_argument("--rate-limit", type=float, help="requests per minute per key (default 60)")
+    serve.add_argument(
+        "--auth-failures-per-minute",
+        type=float,
+        help="failed authentications per client address and minute before 429 (default 30)",
+    )
     serve.add_argument("--burst", type=int, help="token-bucket size per key (default: the rate)")
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 1 MiB)")
     serve.add_argument("--max-tokens", type=int, help="largest max_tokens allowed (default 512)")
@@ -88,6 +93,7 @@ _SCALARS = {
     "host": "host",
     "port": "port",
     "max_body_bytes": "max_body_bytes",
+    "auth_failures_per_minute": "auth_failures_per_minute",
     "max_tokens": "max_tokens",
     "default_max_tokens": "default_max_tokens",
     "graceful_timeout": "graceful_timeout_seconds",

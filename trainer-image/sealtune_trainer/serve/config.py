@@ -95,6 +95,12 @@ class ServeConfig(CamelModel):
         default_factory=lambda: RateLimitConfig.model_validate({}),
         description="Per-key rate limit (429 with Retry-After).",
     )
+    auth_failures_per_minute: float = Field(
+        30.0,
+        gt=0,
+        description="Failed authentications allowed per client address and minute; beyond "
+        "that the address gets 429 without its key being checked (no scrypt work).",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body in bytes (413 beyond)."
     )

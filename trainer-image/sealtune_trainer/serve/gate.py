@@ -183,12 +183,14 @@ class Gatekeeper:
         *,
         keys: KeyStore,
         limiter: RateLimiter,
+        failures: RateLimiter,
         max_body_bytes: int,
         metrics: ServeMetrics,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
+        self.failures = failures
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -196,9 +198,25 @@ class Gatekeeper:
         if scope["type"] != "http" or scope["path"] in OPEN_ROUTES:
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        wait = self.failures.blocked(address)
+        if wait:
+            # Too many bad keys from this address: answer without running scrypt.
+            self.metrics.auth_failures.inc()
+            await send_error(
+                send,
+                429,
+                f"too many failed authentications from this address; retry after {wait} s",
+                kind="rate_limit_error",
+                code="auth_rate_limited",
+                headers=[(b"retry-after", str(wait).encode())],
+            )
+            return
         key_id = await self._authenticate(scope)
         if key_id is None:
             self.metrics.auth_failures.inc()
+            self.failures.acquire(address)
             await send_error(
                 send,
                 401,

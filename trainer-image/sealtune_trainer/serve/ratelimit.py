@@ -37,6 +37,16 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
 
+    def blocked(self, key_id: str) -> int:
+        """Seconds until `key_id` has a token again (0 if it has one now); consumes nothing."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.get(key_id)
+            if bucket is None:
+                return 0
+            tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
+            return 0 if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self.rate))
+
     def acquire(self, key_id: str) -> int:
         """Take one token for `key_id`; 0 on success, else seconds until one is available."""
         now = self._clock()
