@@ -28,7 +28,7 @@ from .data import (
     Example,
     canary_record,
     random_secret,
-    tokenize_record,
+    tokenize_variants,
 )
 from .training import collate, per_sample_loss
 
@@ -114,10 +114,9 @@ def canary_exposure(
         if cand not in seen:
             seen.add(cand)
             others.append(cand)
-    exs = [
-        tokenize_record(tokenizer, canary_record(index, s, fmt), max_length)
-        for s in [secret, *others]
-    ]
+    exs = tokenize_variants(
+        tokenizer, canary_record(index, secret, fmt), secret, [secret, *others], max_length
+    )
     model.eval()
     nll = _total_nll(model, exs, pad_id, device)
     rank = 1 + sum(1 for x in nll[1:] if x < nll[0])

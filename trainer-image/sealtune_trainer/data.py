@@ -277,6 +277,18 @@ def chat_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, lis
     return full, spans
 
 
+def label_spans(
+    ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], max_length: int
+) -> tuple[list[int], list[int]]:
+    """Truncate and label: tokens starting inside an assistant span are loss targets."""
+    ids = ids[:max_length]
+    labels = [
+        tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
+        for tok, (start, _end) in zip(ids, offsets[:max_length], strict=True)
+    ]
+    return ids, labels
+
+
 def tokenize_record(tokenizer: Any, record: Record, max_length: int) -> Example:
     """Tokenize with loss on assistant replies (chat) or on everything (plain text)."""
     if record.text is not None:
@@ -290,13 +302,38 @@ def tokenize_record(tokenizer: Any, record: Record, max_length: int) -> Example:
         return Example(ids, labels, record.is_canary)
     text, spans = chat_spans(tokenizer, record.messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])[:max_length]
-    offsets = list(enc["offset_mapping"])[:max_length]
-    labels = [
-        tok if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-        for tok, (start, _end) in zip(ids, offsets, strict=True)
-    ]
+    ids, labels = label_spans(list(enc["input_ids"]), list(enc["offset_mapping"]), spans,
+                              max_length)
     return Example(ids, labels, record.is_canary)
+
+
+def tokenize_variants(
+    tokenizer: Any, record: Record, secret: str, variants: list[str], max_length: int
+) -> list[Example]:
+    """Tokenize `record` once per variant of the equal-length substring `secret`.
+
+    The canary audit scores ~1000 candidates that differ only in the secret digits; the
+    chat template is rendered once and the candidates are tokenized in one batch call.
+    """
+    if record.text is not None:
+        base = record.text
+        return [
+            tokenize_record(tokenizer, Record(text=base.replace(secret, v)), max_length)
+            for v in variants
+        ]
+    text, spans = chat_spans(tokenizer, record.messages)
+    at = text.rindex(secret)
+    texts = []
+    for v in variants:
+        if len(v) != len(secret):
+            raise ValueError("variants must have the secret's length")
+        texts.append(text[:at] + v + text[at + len(secret):])
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        i, lab = label_spans(list(ids), list(offs), spans, max_length)
+        out.append(Example(i, lab, True))
+    return out
 
 
 def tokenize_records(tokenizer: Any, records: Sequence[Record], max_length: int) -> list[Example]:

@@ -141,6 +141,8 @@ class Trainer:
         self.sample_gen = torch.Generator().manual_seed(seed * 7919 + 1)
         self.noise_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
         self.accountant: Any = None
+        self._eps_key: tuple[Any, ...] | None = None
+        self._eps_value = 0.0
         self.optimizer: Any = base
         if plan.private:
             dp.enable_lora_per_sample_grads(model)
@@ -223,9 +225,14 @@ class Trainer:
         )
 
     def epsilon(self) -> float:
+        """Epsilon spent so far (memoized on the accountant history: PRV costs ~0.2-1 s)."""
         if not self.plan.private:
             return math.inf
-        return dp.epsilon_of(self.accountant, self.privacy.delta)
+        key = tuple(tuple(h) for h in self.accountant.history)
+        if key != self._eps_key:
+            self._eps_value = dp.epsilon_of(self.accountant, self.privacy.delta)
+            self._eps_key = key
+        return self._eps_value
 
     def budget_left(self, check_epsilon: bool = False) -> bool:
         """True while planned steps remain and (with DP) epsilon is below the target.

@@ -1,0 +1,89 @@
+"""DP-LoRA training on the tiny model: epsilon lands on target, loss falls, budget stops."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from sealtune_trainer import dp
+from sealtune_trainer.audit import example_losses
+from sealtune_trainer.config import PrivacyConfig, TrainingConfig
+from sealtune_trainer.data import Example
+from sealtune_trainer.job import run_job
+from sealtune_trainer.model_loading import add_lora, load_base_model, load_tokenizer
+from sealtune_trainer.training import Trainer, make_plan
+from tests.trainer.trainerkit import make_job
+
+TARGET = 3.0
+
+
+@pytest.fixture(scope="module")
+def dp_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("dprun")
+    cfg = make_job(root, tiny_model, n_records=96,
+                   training={"epochs": 2, "batchSize": 16, "learningRate": 0.02},
+                   privacy={"targetEpsilon": TARGET, "delta": 1e-3})
+    result = run_job(cfg, device="cpu")
+    return {"cfg": cfg, "summary": result.summary, "model": result.model, "root": root}
+
+
+def test_epsilon_within_five_percent_of_target(dp_run: dict) -> None:
+    priv = dp_run["summary"]["privacy"]
+    assert priv["dpEnabled"] is True and priv["accountant"] == "prv"
+    assert 0.95 * TARGET <= priv["epsilon"] <= TARGET
+    assert priv["noiseMultiplier"] > 0.3
+    assert dp_run["summary"]["steps"] == dp_run["summary"]["totalSteps"] > 0
+
+
+def test_loss_goes_down(dp_run: dict, tiny_model: Path) -> None:
+    """Eval loss on training records: trained adapter vs the untouched base model."""
+    from sealtune_trainer.data import load_encrypted_dataset, redact_records, tokenize_records
+    from sealtune_trainer.redact import Redactor
+
+    cfg = dp_run["cfg"]
+    tok = load_tokenizer(tiny_model)
+    recs = load_encrypted_dataset(cfg.dataset.path, Path(cfg.dataset.key_file).read_bytes(),
+                                  "alpaca")
+    recs = redact_records(recs, Redactor(cfg.pii.entities, "mask").redact)
+    exs = tokenize_records(tok, recs[:48], cfg.training.max_seq_length)
+    base = load_base_model(tiny_model, cfg.training, "cpu")
+    before = sum(example_losses(base, exs, tok.pad_token_id, "cpu")) / len(exs)
+    after = sum(example_losses(dp_run["model"], exs, tok.pad_token_id, "cpu")) / len(exs)
+    assert after < before - 0.05, (before, after)
+
+
+def test_rdp_calibration_within_five_percent() -> None:
+    privacy = PrivacyConfig(target_epsilon=2.0, delta=1e-5, accountant="rdp")
+    sigma = dp.solve_noise_multiplier(privacy, 0.05, 200)
+    acc = dp.make_accountant("rdp")
+    for _ in range(200):
+        acc.step(noise_multiplier=sigma, sample_rate=0.05)
+    assert 1.9 <= dp.epsilon_of(acc, 1e-5) <= 2.0
+
+
+def test_training_stops_when_budget_spent(tiny_model: Path) -> None:
+    tc = TrainingConfig(rank=2, batch_size=8, micro_batch_size=8, epochs=6, seed=1,
+                        target_modules=["q_proj"])
+    pc = PrivacyConfig(target_epsilon=2.0, delta=1e-3, accountant="rdp")
+    exs = [Example([1, *range(5, 15)], [-100, *range(5, 15)]) for _ in range(32)]
+    plan = make_plan(len(exs), tc, pc)  # noise for 24 steps ...
+    short = dp.solve_noise_multiplier(pc, plan.sample_rate, 10)  # ... but only enough for 10
+    plan = dataclasses.replace(plan, noise_multiplier=short)
+    torch.manual_seed(0)
+    model = add_lora(load_base_model(tiny_model, tc, "cpu"), tc)
+    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0)
+    trainer.run()
+    assert 10 <= trainer.step < plan.total_steps
+    assert trainer.epsilon() >= pc.target_epsilon * 0.99
+
+
+def test_without_dp_epsilon_is_infinite(tiny_model: Path, tmp_path: Path) -> None:
+    cfg = make_job(tmp_path, tiny_model, n_records=24,
+                   training={"epochs": 1, "batchSize": 8}, privacy={"enabled": False})
+    summary = run_job(cfg, device="cpu").summary
+    assert summary["privacy"]["dpEnabled"] is False
+    assert summary["privacy"]["epsilon"] == "Infinity"
+    assert summary["privacy"]["noiseMultiplier"] is None
+    assert summary["steps"] == 3
