@@ -60,7 +60,8 @@ def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any
         max_position_embeddings=max(1024, shape["seq"]), tie_word_embeddings=False,
     )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    base = LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+    base: Any = LlamaForCausalLM(cfg)
+    base = base.to(device=device, dtype=dtype)
     base.config.use_cache = False
     model: Any = get_peft_model(base, LoraConfig(
         r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],

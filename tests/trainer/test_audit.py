@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+from tests.trainer.trainerkit import make_job
+
 from sealtune_trainer.audit import CANDIDATES, roc_auc
 from sealtune_trainer.job import run_job
-from tests.trainer.trainerkit import make_job
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 AUDIT = {"canaries": 2, "canaryRepetitions": 4, "heldOutFraction": 0.25,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.trainer.trainerkit import encrypt_records, write_key
+
 from sealtune_trainer.data import (
     IGNORE_INDEX,
     DatasetFormatError,
@@ -20,13 +22,13 @@ from sealtune_trainer.data import (
 )
 from sealtune_trainer.model_loading import load_tokenizer
 from sealtune_trainer.redact import Redactor
-from tests.trainer.trainerkit import encrypt_records, write_key
 
 SECRET = "Zhang Wei 13912345678 TOPSECRET"
 
 
 def test_alpaca_jsonl_and_array() -> None:
-    recs = [{"instruction": "i1", "input": "x", "output": "o1"}, {"instruction": "i2", "output": "o2"}]
+    recs = [{"instruction": "i1", "input": "x", "output": "o1"},
+            {"instruction": "i2", "output": "o2"}]
     jsonl = "\n".join(json.dumps(r) for r in recs).encode()
     array = json.dumps(recs).encode()
     for raw in (jsonl, array):

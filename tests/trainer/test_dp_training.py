@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.trainer.trainerkit import make_job
+
 from sealtune_trainer import dp
 from sealtune_trainer.audit import example_losses
 from sealtune_trainer.config import PrivacyConfig, TrainingConfig
@@ -14,7 +16,6 @@ from sealtune_trainer.data import Example
 from sealtune_trainer.job import run_job
 from sealtune_trainer.model_loading import add_lora, load_base_model, load_tokenizer
 from sealtune_trainer.training import Trainer, make_plan
-from tests.trainer.trainerkit import make_job
 
 TARGET = 3.0
 

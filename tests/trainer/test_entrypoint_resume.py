@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import torch
+from tests.trainer.trainerkit import decrypt_adapter, make_job, run_trainer, trainer_env
+
 from sealtune_trainer.crypto import MAGIC
 from sealtune_trainer.demo import make_patient_notes, scan_ciphertext_only
-from tests.trainer.trainerkit import decrypt_adapter, make_job, run_trainer, trainer_env
 
 RECORDS = make_patient_notes(64, seed=11)
 TRAINING = {"epochs": 4, "batchSize": 8, "microBatchSize": 4, "learningRate": 0.01,

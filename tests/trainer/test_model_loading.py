@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from sealtune_trainer.config import TrainingConfig
 from sealtune_trainer.model_loading import (
     ModelIntegrityError,
@@ -33,7 +34,7 @@ def test_tampered_or_missing_file_detected(tiny_model: Path, tmp_path: Path) -> 
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(ModelIntegrityError, match="model.safetensors does not match"):
+    with pytest.raises(ModelIntegrityError, match=r"model\.safetensors does not match"):
         verify_model_dir(copy, digest)
     weights.unlink()
     with pytest.raises(ModelIntegrityError, match="missing"):

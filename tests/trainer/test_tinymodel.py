@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sealtune_trainer.tinymodel import make_tiny_llama, manifest_digest
 from tests.trainer.trainerkit import TINY
+
+from sealtune_trainer.tinymodel import make_tiny_llama, manifest_digest
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(tiny_model: Path, tmp_path: Path) -> None:
@@ -34,5 +35,6 @@ def test_loads_offline_with_chat_template(tiny_model: Path) -> None:
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits
     assert logits.shape == (1, len(ids), len(tok))
-    files = {line.split("  ", 1)[1] for line in (tiny_model / "SHA256SUMS").read_text().splitlines()}
+    sums = (tiny_model / "SHA256SUMS").read_text().splitlines()
+    files = {line.split("  ", 1)[1] for line in sums}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= files

@@ -105,7 +105,9 @@ def trainer_env() -> dict[str, str]:
     return env
 
 
-def run_trainer(config: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_trainer(
+    config: Path, *extra: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sealtune_trainer", "--config", str(config), "--device", "cpu",
          *extra],

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
     print(f"[3/4] sealtune train --config {job_path}")
     summary_path = out / "summary.json"
-    cmd = [sys.executable, "-m", "sealtune_trainer.train_cli", "train", "--config", str(job_path),
+    cli = "import sys; from sealtune_trainer.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", cli, "train", "--config", str(job_path),
            "--volumes-root", str(vols), "--secrets-root", str(secrets),
            "--summary-out", str(summary_path), "--quiet", "--device", "cpu"]
     env = dict(os.environ)

@@ -1,0 +1,75 @@
+"""`sealtune train`: FineTuneJob YAML -> TrainerConfig mapping, field-naming errors, and the
+demo, which runs the real `sealtune train` on a generated job end to end."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.trainer.trainerkit import REPO, trainer_env
+
+from sealtune_trainer.train_cli import JobSpecError, load_job_yaml, trainer_config_from_job
+
+
+def test_example_job_maps_pvcs_and_secrets(tmp_path: Path) -> None:
+    doc = load_job_yaml(REPO / "examples" / "finetunejob.yaml")
+    cfg = trainer_config_from_job(doc, tmp_path / "v", tmp_path / "s")
+    spec = doc["spec"]
+    model = spec["model"]["pvc"]
+    assert cfg.model_dir == str(tmp_path / "v" / model["claimName"] / model["path"])
+    ds = spec["dataset"]
+    assert cfg.dataset.path == str(tmp_path / "v" / ds["pvc"]["claimName"] / ds["pvc"]["path"])
+    key = ds["keySecret"].get("key", "key")
+    assert cfg.dataset.key_file == str(tmp_path / "s" / ds["keySecret"]["name"] / key)
+    assert cfg.dataset.format == ds["format"]
+    assert cfg.training.batch_size == spec["training"]["batchSize"]
+    assert cfg.privacy.target_epsilon == spec["privacy"]["targetEpsilon"]
+    assert cfg.checkpoint_interval_steps == spec["checkpoints"]["intervalSteps"]
+    ckpt_key = Path(cfg.checkpoint_key_file)
+    assert ckpt_key.stat().st_size == 32 and oct(ckpt_key.stat().st_mode)[-3:] == "400"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("training", "rank"), 0, "spec.training.rank"),
+        (("privacy", "delta"), 2, "spec.privacy"),
+        (("pii", "entities"), ["NAME"], "spec.pii.entities.0"),
+        (("training", "learningRatee"), 1, "spec.training.learningRatee"),
+    ],
+)
+def test_invalid_sections_name_the_field(
+    tmp_path: Path, path: tuple[str, str], value: object, expected: str
+) -> None:
+    doc = copy.deepcopy(load_job_yaml(REPO / "examples" / "finetunejob.yaml"))
+    doc["spec"].setdefault(path[0], {})[path[1]] = value
+    with pytest.raises(JobSpecError, match=expected.replace(".", r"\.")):
+        trainer_config_from_job(doc, tmp_path, tmp_path)
+
+
+def test_escaping_volume_path_rejected(tmp_path: Path) -> None:
+    doc = copy.deepcopy(load_job_yaml(REPO / "examples" / "finetunejob.yaml"))
+    doc["spec"]["dataset"]["pvc"]["path"] = "../../etc/passwd"
+    with pytest.raises(JobSpecError, match=r"spec\.dataset\.pvc\.path"):
+        trainer_config_from_job(doc, tmp_path, tmp_path)
+
+
+def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sealtune_trainer.demo", "--out", str(out), "--records", "48",
+         "--epochs", "1", "--batch", "16", "--canaries", "1", "--canary-repetitions", "2"],
+        env=trainer_env(), capture_output=True, text=True, timeout=400, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "ciphertext check:" in proc.stdout and "no plaintext marker found" in proc.stdout
+    assert "epsilon spent (target)" in proc.stdout
+    job = yaml.safe_load((out / "finetunejob.yaml").read_text())
+    assert job["kind"] == "FineTuneJob"
+    # the demo's plaintext never hit the disk: only the encrypted dataset is there
+    assert [p.name for p in (out / "volumes" / "clinical-data").iterdir()] == [
+        "notes.alpaca.jsonl.enc"]
