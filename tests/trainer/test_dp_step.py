@@ -65,6 +65,7 @@ def _by_hand(tiny_model: Path, exs: list[Example]) -> tuple[list[torch.Tensor], 
 @pytest.mark.parametrize("mode", ["lora", "hooks"])
 @pytest.mark.parametrize("micro", [B, 4])
 def test_dp_step_matches_by_hand(tiny_model: Path, mode: str, micro: int) -> None:
+    """The shipped path and Opacus hooks, with and without virtual batches."""
     exs = _examples()
     expected, norms = _by_hand(tiny_model, exs)
     assert max(norms) > C  # clipping is really exercised
@@ -113,3 +114,32 @@ def test_non_lora_trainable_parameter_rejected(tiny_model: Path) -> None:
     model.get_input_embeddings().weight.requires_grad_(True)
     with pytest.raises(ValueError, match="every trainable parameter to be a LoRA matrix"):
         dp.enable_lora_per_sample_grads(model)
+
+
+def test_opacus_ghost_clipping_matches_by_hand(tiny_model: Path) -> None:
+    """Ghost clipping (benchmarked, not shipped) is also correct on PEFT LoRA layers."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+
+    exs = _examples()
+    expected, _ = _by_hand(tiny_model, exs)
+    model = _model(tiny_model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    gm = GradSampleModuleFastGradientClipping(model, max_grad_norm=C, use_ghost_clipping=True,
+                                              loss_reduction="mean")
+    opt = DPOptimizerFastGradientClipping(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0,
+                                          max_grad_norm=C, expected_batch_size=B,
+                                          loss_reduction="mean")
+    crit = DPLossFastGradientClipping(
+        gm, opt, torch.nn.CrossEntropyLoss(reduction="mean", ignore_index=-100), "mean")
+    batch = collate(exs, 0, "cpu")
+    logits = gm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    shifted = logits[:, :-1].float()
+    loss = crit(shifted.reshape(-1, shifted.shape[-1]), batch.labels[:, 1:].reshape(-1),
+                shape=(shifted.shape[0], shifted.shape[1]))
+    loss.backward()
+    opt.step()
+    scale = max(float(t.abs().max()) for t in expected)
+    for p, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-7 * scale + 1e-9)
