@@ -227,6 +227,30 @@ def publish_apiserver_endpoint(c: LocalCluster) -> int:
     return port
 
 
+def wait_ready_replicas(c: LocalCluster, n: int) -> None:
+    """The operator Deployment rolled out with n ready pods (KWOK runs them). Polled here
+    rather than with `helm --wait`, whose watcher once missed the update on a loaded
+    machine; a timeout shows the pods and the KWOK log instead."""
+
+    def ready() -> bool:
+        d = c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)
+        st = d.get("status", {})
+        return bool(
+            d["spec"]["replicas"] == n
+            and st.get("observedGeneration") == d["metadata"]["generation"]
+            and st.get("updatedReplicas") == n
+            and st.get("readyReplicas") == n
+            and st.get("replicas") == n
+        )
+
+    try:
+        wait_for(ready, timeout=240, what=f"{n} ready operator replicas")
+    except AssertionError as exc:
+        pods = c.kubectl("get", "pods,events", "-n", OPERATOR_NS, "-o", "wide", check=False)
+        kwok = (c.logs / "kwok.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{exc}\n{pods.stdout}{pods.stderr}\nkwok.log tail:\n{kwok}") from exc
+
+
 def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
     c = chart_cluster
     api_port = publish_apiserver_endpoint(c)
@@ -242,14 +266,9 @@ def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
         OPERATOR_NS,
         "--set",
         f"encryptingStorageClasses={{{STORAGE_CLASS}}}",
-        "--wait",
-        "--timeout",
-        "180s",
     )
     assert "rollout status deployment/sealtune-operator" in install.stdout  # NOTES
-
-    deploy = c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)
-    assert deploy["status"].get("readyReplicas") == 2
+    wait_ready_replicas(c, 2)
     pods = c.get_json("pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=sealtune-operator")[
         "items"
     ]
@@ -321,11 +340,8 @@ def test_install_operate_upgrade_uninstall(chart_cluster: LocalCluster) -> None:
         "--set",
         "crds.manageAsTemplates=true",
         "--take-ownership",
-        "--wait",
-        "--timeout",
-        "180s",
     )
-    assert c.get_json("deployment", "sealtune-operator", "-n", OPERATOR_NS)["spec"]["replicas"] == 3
+    wait_ready_replicas(c, 3)
     crd = c.get_json("crd", "finetunejobs.sealtune.io")
     assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "sealtune"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
