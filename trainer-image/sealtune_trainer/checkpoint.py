@@ -46,13 +46,26 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(
     directory: Path, key: bytes, state: dict[str, Any], binding: dict[str, Any]
 ) -> Path:
-    """Encrypt and publish `state` for `state['step']`; prune all but the newest KEEP."""
+    """Encrypt and publish `state` for `state['step']`, then prune.
+
+    Pruning keeps the newest KEEP checkpoints up to this step and removes any with a
+    *later* step: those belong to another run (a different key or configuration, or a
+    corrupted file the resume skipped) and would otherwise crowd out this run's own.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({"binding": binding, "state": state}, buf)
-    path = checkpoint_path(directory, int(state["step"]))
+    step = int(state["step"])
+    path = checkpoint_path(directory, step)
     write_encrypted_bytes(path, buf.getvalue(), key)
-    for _step, old in list_checkpoints(directory)[KEEP:]:
+    ours = []
+    for other_step, other in list_checkpoints(directory):
+        if other_step > step:
+            with contextlib.suppress(OSError):
+                other.unlink()
+        else:
+            ours.append(other)
+    for old in ours[KEEP:]:
         with contextlib.suppress(OSError):
             old.unlink()
     return path
