@@ -101,6 +101,23 @@ def test_sigterm_finishes_the_in_flight_stream(assets: Assets, tmp_path: Path) -
     refused = False
     events: list[str] = []
     try:
+        # First a client that walks away mid-stream: decoding stops, the server stays up.
+        with (
+            srv.client(assets.keys["alpha"]) as c,
+            c.stream("POST", "/v1/completions", json=req) as r,
+        ):
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not srv.audit_lines():
+            time.sleep(0.05)
+        left = srv.audit_lines()[0]
+        assert left["status"] == 200 and left["finishReason"] == "disconnected"
+        assert left["promptTokens"] > 0
+        with srv.client() as c:
+            deadline = time.monotonic() + 10
+            while "sealtune_serve_requests_in_flight 0.0" not in c.get("/metrics").text:
+                assert time.monotonic() < deadline, "the abandoned stream is still in flight"
+                time.sleep(0.05)
         with (
             srv.client(assets.keys["alpha"]) as c,
             c.stream("POST", "/v1/completions", json=req) as r,
@@ -131,8 +148,9 @@ def test_sigterm_finishes_the_in_flight_stream(assets: Assets, tmp_path: Path) -
     usage = json.loads(events[-2])["usage"]
     assert usage["completion_tokens"] > 100
     assert after_signal > 10  # the stream really was in flight when SIGTERM arrived
-    assert [x["status"] for x in srv.audit_lines()] == [200]
-    assert srv.audit_lines()[0]["completionTokens"] == usage["completion_tokens"]
+    assert [x["status"] for x in srv.audit_lines()] == [200, 200]
+    assert srv.audit_lines()[1]["completionTokens"] == usage["completion_tokens"]
+    assert srv.audit_lines()[1]["finishReason"] == "length"
 
 
 def _run_serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -86,6 +86,19 @@ def test_keystore_verifies_caches_and_rotates(tmp_path: Path) -> None:
     assert store.verify(b.key) is None
 
 
+def test_fast_path_never_decides_a_pass_it_has_not_seen(tmp_path: Path) -> None:
+    a = create_key("a")
+    (tmp_path / "a").write_text(a.hash_line)
+    store = KeyStore(tmp_path, reload_seconds=3600)
+    assert store.verify_cached("garbage") == (True, None)
+    assert store.verify_cached(create_key("zz").key) == (True, None)  # unknown id
+    assert store.verify_cached(a.key) == (False, None)  # needs one scrypt first
+    assert store.verify(a.key) == "a"
+    assert store.verify_cached(a.key) == (True, "a")
+    forged = a.key[:-2] + ("zz" if not a.key.endswith("zz") else "yy")
+    assert store.verify_cached(forged) == (True, None)
+
+
 def test_secret_manifest_holds_hashes_only() -> None:
     import yaml
 

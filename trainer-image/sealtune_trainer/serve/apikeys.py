@@ -171,6 +171,23 @@ class KeyStore:
     def _mac(self, key: str) -> bytes:
         return hmac.new(self._pepper, key.encode("utf-8"), hashlib.sha256).digest()
 
+    def verify_cached(self, key: str) -> tuple[bool, str | None]:
+        """(decided, key id) without scrypt: decided when the key is malformed, unknown, or
+        its id was verified before. Cheap enough to run on the event loop."""
+        kid = parse_key(key)
+        if kid is None:
+            return True, None
+        if time.monotonic() - self._loaded_at >= self._reload_seconds:
+            return False, None  # a reload (file I/O) is due: take the slow path
+        with self._lock:
+            stored = self._hashes.get(kid)
+            cached = self._verified.get(kid)
+        if stored is None:
+            return True, None
+        if cached is None or cached[0] != stored:
+            return False, None
+        return True, kid if hmac.compare_digest(cached[1], self._mac(key)) else None
+
     def verify(self, key: str) -> str | None:
         """The key id when `key` is valid, else None. May run scrypt: call off the event loop."""
         kid = parse_key(key)

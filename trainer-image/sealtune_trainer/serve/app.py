@@ -190,8 +190,11 @@ def _fastapi(st: ServerState) -> FastAPI:
         engine = _ready_engine(st, body.model)
         params = _params(st, body, body.max_tokens)
         prompts = body.prompts()
-        ids = await anyio.to_thread.run_sync(lambda: [engine.encode_prompt(p) for p in prompts])
+        ids = await _off_loop_if_long(
+            sum(map(len, prompts)), lambda: [engine.encode_prompt(p) for p in prompts]
+        )
         _check_context(engine, ids, params.max_tokens)
+        _count_prompts(request, ids)
         _audit_prompt(st, request, "\n".join(prompts))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -220,8 +223,20 @@ def _fastapi(st: ServerState) -> FastAPI:
         engine = _ready_engine(st, body.model)
         params = _params(st, body, body.max_completion_tokens or body.max_tokens)
         chat = body.chat()
-        ids = [await anyio.to_thread.run_sync(engine.encode_chat, chat)]
+        if not engine.has_chat_template:
+            raise ApiError(
+                400,
+                "the served model has no chat template; use /v1/completions",
+                "chat_template_missing",
+                "messages",
+            )
+        ids = [
+            await _off_loop_if_long(
+                sum(len(m["content"]) for m in chat), lambda: engine.encode_chat(chat)
+            )
+        ]
         _check_context(engine, ids, params.max_tokens)
+        _count_prompts(request, ids)
         _audit_prompt(st, request, "\n".join(m["content"] for m in chat))
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -247,6 +262,16 @@ def _fastapi(st: ServerState) -> FastAPI:
         }
 
     return api
+
+
+_INLINE_TOKENIZE_CHARS = 8192
+
+
+async def _off_loop_if_long(chars: int, fn: Callable[[], list[Any]]) -> list[Any]:
+    """Tokenize short prompts inline (microseconds), long ones in a worker thread."""
+    if chars <= _INLINE_TOKENIZE_CHARS:
+        return fn()
+    return await anyio.to_thread.run_sync(fn)
 
 
 def _ready_engine(st: ServerState, model: str) -> Engine:
@@ -296,9 +321,13 @@ def _audit_prompt(st: ServerState, request: Request, text: str) -> None:
         request.scope.setdefault("state", {})[gate.PROMPT_TEXT] = st.redact(text)
 
 
+def _count_prompts(request: Request, ids: list[list[int]]) -> None:
+    """Prompt tokens are accounted when encoded, so a stream cut short still shows them."""
+    request.scope.setdefault("state", {})[gate.PROMPT_TOKENS] = sum(len(one) for one in ids)
+
+
 def _count(request: Request, gen: Generation) -> None:
     s = request.scope.setdefault("state", {})
-    s[gate.PROMPT_TOKENS] = s.get(gate.PROMPT_TOKENS, 0) + gen.prompt_tokens
     s[gate.COMPLETION_TOKENS] = s.get(gate.COMPLETION_TOKENS, 0) + gen.completion_tokens
     s[gate.FINISH_REASON] = gen.finish_reason
 
@@ -357,6 +386,19 @@ async def _token_stream(
         cancel.set()  # the client went away or we are done: stop decoding
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its generator as soon as the response ends, also when the client left, so
+    that decoding stops and the audit line sees the outcome (no waiting for GC)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
 def _stream_response(
     st: ServerState,
     engine: Engine,
@@ -395,7 +437,17 @@ def _stream_response(
         )
 
     async def events() -> AsyncIterator[bytes]:
-        gens: list[Generation] = []
+        try:
+            async for event in _events():
+                yield event
+        finally:
+            state = request.scope.setdefault("state", {})
+            if state.get(gate.FINISH_REASON) is None or len(gens) < len(ids):
+                state[gate.FINISH_REASON] = "disconnected"  # the client left mid-stream
+
+    gens: list[Generation] = []
+
+    async def _events() -> AsyncIterator[bytes]:
         for index, one in enumerate(ids):
             filt = st.output.stream()
             if chat:
@@ -428,6 +480,6 @@ def _stream_response(
             )
         yield _sse("[DONE]")
 
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         events(), media_type="text/event-stream", headers={"cache-control": "no-store"}
     )

@@ -57,6 +57,7 @@ class Engine:
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = {eos} if isinstance(eos, int) else set(eos or ())
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self._lock = threading.Lock()
 
     @classmethod

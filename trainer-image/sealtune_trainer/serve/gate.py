@@ -267,6 +267,9 @@ class Gatekeeper:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 512:
             return None
+        decided, key_id = self.keys.verify_cached(token)
+        if decided:
+            return key_id
         # A first use of a key costs one scrypt: keep it off the event loop.
         return await anyio.to_thread.run_sync(self.keys.verify, token)
 
