@@ -149,8 +149,10 @@ def measure_memory(mode: str, device: str, shape: dict[str, int], micro: int) ->
     import torch
 
     step, n_params = build_mode(mode, device, shape, micro)
+    base_gpu = 0.0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated() / 2**20
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(2):
         step()
@@ -162,6 +164,7 @@ def measure_memory(mode: str, device: str, shape: dict[str, int], micro: int) ->
     }
     if device == "cuda":
         res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        res["base_gpu_mib"] = base_gpu
     return res
 
 
@@ -252,16 +255,19 @@ def main() -> int:
     print(f"device={args.device} shape={shape} micro={micro} steps={args.steps}")
     what = "cpu_s" if args.device == "cpu" else "step_s"
     print(f"{'mode':6} {what:>8} {'wall_s':>8} {'tok/s':>9} {'peak_mem_MiB':>13} "
-          f"{'time_x':>7} {'mem_x':>6}")
+          f"{'time_x':>7} {'mem_x':>6} {'step_mem_MiB':>13} {'step_mem_x':>10}")
     for mode, r in results.items():
         if "error" in r:
             print(f"{mode:6} ERROR {r['error']}")
             continue
         tx = r["step_s"] / ref["step_s"] if "step_s" in ref else float("nan")
         mx = r[mem_key] / ref[mem_key] if mem_key in ref else float("nan")
+        # memory the training step itself adds on top of the loaded model
+        base_key = "base_gpu_mib" if args.device == "cuda" else "rss_before_mib"
+        dm = r[mem_key] - r.get(base_key, 0.0)
+        dref = ref[mem_key] - ref.get(base_key, 0.0) if mem_key in ref else float("nan")
         print(f"{mode:6} {r['step_s']:8.4f} {r['wall_s']:8.4f} {r['tokens_per_s']:9.0f} "
-              f"{r[mem_key]:13.1f} "
-              f"{tx:7.3f} {mx:6.3f}")
+              f"{r[mem_key]:13.1f} {tx:7.3f} {mx:6.3f} {dm:13.1f} {dm / dref:10.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"shape": shape, "results": results}, indent=2))
     return 0
