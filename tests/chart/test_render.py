@@ -287,3 +287,18 @@ def test_notes_tell_next_steps(helm: Path) -> None:
         str(values_file("internal-registry")),
     ).stdout
     assert "StorageNotEncrypted" not in out2[out2.index("NOTES:") :]
+
+
+@pytest.mark.parametrize("values", ["default", "namespace-scoped"])
+def test_operator_cli_accepts_the_rendered_arguments(render: Render, values: str) -> None:
+    """The chart's command line is the operator's real CLI contract."""
+    from sealtune_operator.main import parse_args
+
+    c = operator_container(render(values))
+    args = parse_args(c["args"])
+    assert args.peering == "sealtune" and args.priority == "auto"
+    assert (args.metrics_port, args.health_port) == (8080, 8081)
+    if values == "default":
+        assert args.all_namespaces and args.namespace == []
+    else:
+        assert not args.all_namespaces and args.namespace == ["ml-fraud", "ml-claims"]
