@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 import uuid
@@ -36,6 +35,8 @@ from sealtune_trainer.serve.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
 )
+from sealtune_trainer.serve.sse import ClosingStreamingResponse, sse
+from sealtune_trainer.serve.upstream import Upstream, proxy
 
 _END = object()
 
@@ -60,17 +61,13 @@ class ServerState:
     redact: Redact | None
     engine: Engine | None = None
     loader: Callable[[], Engine] | None = None
+    upstream: Upstream | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
 def _error_body(message: str, code: str, param: str | None = None) -> dict[str, Any]:
     kind = "invalid_request_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
 
 
 def build_app(
@@ -89,7 +86,16 @@ def build_app(
 
         redact = make_redactor(cfg.pii_filter.entities)
     output = OutputFilter(cfg.pii_filter, redact)
+    upstream = None
+    if cfg.upstream_url is not None:
+        upstream = Upstream(
+            cfg.upstream_url,
+            cfg.upstream_model or cfg.model_name,
+            cfg.upstream_health_path,
+            cfg.upstream_timeout_seconds,
+        )
     state = ServerState(
+        upstream=upstream,
         cfg=cfg,
         keys=keys,
         metrics=metrics,
@@ -122,6 +128,8 @@ def _fastapi(st: ServerState) -> FastAPI:
         try:
             yield
         finally:
+            if st.upstream is not None:
+                await st.upstream.close()
             st.audit.close()
 
     api = FastAPI(
@@ -161,7 +169,10 @@ def _fastapi(st: ServerState) -> FastAPI:
 
     @api.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        if st.engine is None:
+        if st.upstream is not None:
+            if not await st.upstream.ready():
+                return JSONResponse({"status": "backend not ready"}, status_code=503)
+        elif st.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         if len(st.keys) == 0:
             return JSONResponse({"status": "no API keys configured"}, status_code=503)
@@ -187,6 +198,11 @@ def _fastapi(st: ServerState) -> FastAPI:
 
     @api.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        if st.upstream is not None:
+            params = _params(st, body, body.max_tokens)
+            _check_model(st, body.model)
+            _audit_prompt(st, request, "\n".join(body.prompts()))
+            return await _forward(st, request, "/v1/completions", body, params, chat=False)
         engine = _ready_engine(st, body.model)
         params = _params(st, body, body.max_tokens)
         prompts = body.prompts()
@@ -220,8 +236,12 @@ def _fastapi(st: ServerState) -> FastAPI:
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        engine = _ready_engine(st, body.model)
         params = _params(st, body, body.max_completion_tokens or body.max_tokens)
+        if st.upstream is not None:
+            _check_model(st, body.model)
+            _audit_prompt(st, request, "\n".join(m["content"] for m in body.chat()))
+            return await _forward(st, request, "/v1/chat/completions", body, params, chat=True)
+        engine = _ready_engine(st, body.model)
         chat = body.chat()
         if not engine.has_chat_template:
             raise ApiError(
@@ -274,14 +294,46 @@ async def _off_loop_if_long(chars: int, fn: Callable[[], list[Any]]) -> list[Any
     return await anyio.to_thread.run_sync(fn)
 
 
-def _ready_engine(st: ServerState, model: str) -> Engine:
-    if st.engine is None:
-        raise ApiError(503, "the model is still loading", "model_loading")
+def _check_model(st: ServerState, model: str) -> None:
     if model != st.cfg.model_name:
         raise ApiError(
             404, "the requested model does not exist; see /v1/models", "model_not_found", "model"
         )
+
+
+def _ready_engine(st: ServerState, model: str) -> Engine:
+    if st.engine is None:
+        raise ApiError(503, "the model is still loading", "model_loading")
+    _check_model(st, model)
     return st.engine
+
+
+async def _forward(
+    st: ServerState,
+    request: Request,
+    path: str,
+    body: Any,
+    params: SamplingParams,
+    *,
+    chat: bool,
+) -> Any:
+    """Front-proxy mode: only validated fields go to the backend, max_tokens always set."""
+    assert st.upstream is not None
+    payload = body.model_dump(exclude_none=True, exclude={"user", "stream_options", "logprobs"})
+    payload.pop("max_completion_tokens", None)
+    payload["max_tokens"] = params.max_tokens
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await proxy(
+        st.upstream,
+        st.output,
+        request,
+        path,
+        payload,
+        model_name=st.cfg.model_name,
+        chat=chat,
+        include_usage=include_usage,
+        on_filtered=st.metrics.pii_filtered.inc,
+    )
 
 
 def _params(st: ServerState, body: Any, max_tokens: int | None) -> SamplingParams:
@@ -386,19 +438,6 @@ async def _token_stream(
         cancel.set()  # the client went away or we are done: stop decoding
 
 
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes its generator as soon as the response ends, also when the client left, so
-    that decoding stops and the audit line sees the outcome (no waiting for GC)."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
 def _stream_response(
     st: ServerState,
     engine: Engine,
@@ -426,7 +465,7 @@ def _stream_response(
             }
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return _sse(
+        return sse(
             {
                 "id": ident,
                 "object": kind,
@@ -468,7 +507,7 @@ def _stream_response(
                     if out:
                         yield chunk(index, out, None)
         if include_usage:
-            yield _sse(
+            yield sse(
                 {
                     "id": ident,
                     "object": kind,
@@ -478,8 +517,6 @@ def _stream_response(
                     "usage": _usage(gens),
                 }
             )
-        yield _sse("[DONE]")
+        yield sse("[DONE]")
 
-    return _ClosingStreamingResponse(
-        events(), media_type="text/event-stream", headers={"cache-control": "no-store"}
-    )
+    return ClosingStreamingResponse(events())

@@ -29,6 +29,10 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--no-adapter", action="store_true", help="serve the base model alone")
     serve.add_argument("--adapter-key-file", help="adapter key file (default /keys/adapter/key)")
+    serve.add_argument(
+        "--upstream", dest="upstream_url", help="front-proxy mode: loopback backend URL (vLLM)"
+    )
+    serve.add_argument("--upstream-model", help="model name sent to the backend")
     serve.add_argument("--tls-dir", help="directory with tls.crt and tls.key (default /tls)")
     serve.add_argument("--api-keys-dir", help="directory of API-key hashes (default /apikeys)")
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
@@ -93,6 +97,8 @@ _SCALARS = {
     "host": "host",
     "port": "port",
     "max_body_bytes": "max_body_bytes",
+    "upstream_url": "upstream_url",
+    "upstream_model": "upstream_model",
     "auth_failures_per_minute": "auth_failures_per_minute",
     "max_tokens": "max_tokens",
     "default_max_tokens": "default_max_tokens",

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, model_validator
 
 from sealtune_trainer.config import PII_ENTITIES, CamelModel, PiiEntity
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class RateLimitConfig(CamelModel):
@@ -73,6 +76,21 @@ class ServeConfig(CamelModel):
     adapter_key_file: str = Field(
         "/keys/adapter/key", description="File holding the adapter's 32-byte key (raw or base64)."
     )
+    upstream_url: str | None = Field(
+        None,
+        description="Front-proxy mode: an OpenAI-compatible backend on loopback (vLLM in the same "
+        "pod, e.g. http://127.0.0.1:8000). No model is loaded here; auth, limits, the PII filter "
+        "and the audit log still apply.",
+    )
+    upstream_model: str | None = Field(
+        None, description="Model name sent to the backend (vLLM's LoRA module); default modelName."
+    )
+    upstream_health_path: str = Field(
+        "/health", description="Backend route that answers 200 when it is ready (vLLM: /health)."
+    )
+    upstream_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest a backend call may take."
+    )
     merge_adapter: bool = Field(
         True, description="Merge the LoRA weights into the base model in memory (faster decoding)."
     )
@@ -130,6 +148,13 @@ class ServeConfig(CamelModel):
     def _check_limits(self) -> ServeConfig:
         if self.default_max_tokens > self.max_tokens:
             raise ValueError("defaultMaxTokens must not exceed maxTokens")
+        if self.upstream_url is not None:
+            url = urlsplit(self.upstream_url)
+            if url.scheme != "http" or url.hostname not in _LOOPBACK or url.path not in ("", "/"):
+                raise ValueError(
+                    "upstreamUrl must be http://127.0.0.1:<port> (or localhost/[::1]): the "
+                    "backend runs in the same pod and nothing leaves it"
+                )
         return self
 
     @classmethod

@@ -62,7 +62,8 @@ def serve(cfg: ServeConfig) -> int:
     keys = KeyStore(cfg.api_keys_dir, reload_seconds=cfg.key_reload_seconds)
     if len(keys) == 0:
         log.warning("no API keys in %s: /readyz stays 503 until one is added", cfg.api_keys_dir)
-    app = build_app(cfg, keys=keys, audit=AuditLog(cfg.audit), loader=lambda: Engine.load(cfg))
+    loader = None if cfg.upstream_url else (lambda: Engine.load(cfg))
+    app = build_app(cfg, keys=keys, audit=AuditLog(cfg.audit), loader=loader)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
