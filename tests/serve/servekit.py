@@ -188,6 +188,17 @@ class ServerProcess:
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
+    def audit_for(self, request_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The audit line of one response (matched by its x-request-id header)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [x for x in self.audit_lines() if x.get("requestId") == request_id]
+            if found:
+                assert len(found) == 1, "more than one audit line for one request"
+                return found[0]
+            assert time.monotonic() < deadline, "no audit line for the request"
+            time.sleep(0.02)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

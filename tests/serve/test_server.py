@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -237,24 +238,22 @@ def test_stop_sequence(server: ServerProcess, key: str) -> None:
 
 
 def test_audit_has_one_line_per_request_and_no_prompt(server: ServerProcess, key: str) -> None:
-    before = len(server.audit_lines())
     with server.client(key) as c:
         ok = c.post("/v1/completions", json=_completion(SECRET_PROMPT))
-        c.post("/v1/completions", json=_completion(SECRET_PROMPT, max_tokens=999))
+        too_big = c.post("/v1/completions", json=_completion(SECRET_PROMPT, max_tokens=999))
     with server.client("stk_alpha_" + "Z" * 43) as c:
-        c.post("/v1/completions", json=_completion(SECRET_PROMPT))
-    lines = server.audit_lines()[before:]
+        denied = c.post("/v1/completions", json=_completion(SECRET_PROMPT))
+    lines = [server.audit_for(r.headers["x-request-id"]) for r in (ok, too_big, denied)]
     assert [line["status"] for line in lines] == [200, 400, 401]
     first = lines[0]
     assert first["keyId"] == "alpha"
     assert first["route"] == "/v1/completions"
-    assert (
-        first["promptTokens"] > 0
-        and first["completionTokens"] == ok.json()["usage"]["completion_tokens"]
-    )
+    usage = ok.json()["usage"]
+    assert first["promptTokens"] == usage["prompt_tokens"] > 0
+    assert first["completionTokens"] == usage["completion_tokens"]
     assert first["latencyMs"] > 0
     assert re.match(r"\d{4}-\d\d-\d\dT", first["ts"])
-    assert lines[2]["keyId"] is None
+    assert lines[1]["keyId"] == "alpha" and lines[2]["keyId"] is None
     generated = ok.json()["choices"][0]["text"]
     audit_text = server.audit_path.read_text()
     for needle in ("Zhang", "chest pain", "zq7"):
@@ -264,24 +263,40 @@ def test_audit_has_one_line_per_request_and_no_prompt(server: ServerProcess, key
     assert generated.strip() == "" or generated not in audit_text
 
 
+def _metric(text: str, pattern: str) -> float:
+    found = re.search(pattern + r" ([\d.e+]+)", text)
+    return float(found.group(1)) if found else 0.0
+
+
+OK_COMPLETIONS = r'sealtune_serve_requests_total\{route="/v1/completions",status="200"\}'
+AUTH_FAILURES = r"sealtune_serve_auth_failures_total"
+COMPLETION_TOKENS = r"sealtune_serve_completion_tokens_total"
+
+
 def test_metrics_count_requests(server: ServerProcess, key: str) -> None:
-    with server.client(key) as c:
-        for _ in range(3):
-            assert c.post("/v1/completions", json=_completion()).status_code == 200
     with server.client() as anon:
-        anon.get("/v1/models")
-        text = anon.get("/metrics").text
-    ok = re.search(
-        r'sealtune_serve_requests_total\{route="/v1/completions",status="200"\} (\d+)', text
-    )
-    assert ok and float(ok.group(1)) >= 3
-    assert re.search(r"sealtune_serve_auth_failures_total (\d+)", text)
-    failures = re.search(r"sealtune_serve_auth_failures_total ([\d.]+)", text)
-    assert failures and float(failures.group(1)) >= 1
-    tokens = re.search(r"sealtune_serve_completion_tokens_total ([\d.e+]+)", text)
-    assert tokens and float(tokens.group(1)) >= 3
+        before = anon.get("/metrics").text
+    with server.client(key) as c:
+        done = [c.post("/v1/completions", json=_completion()) for _ in range(3)]
+    assert all(r.status_code == 200 for r in done)
+    generated = sum(r.json()["usage"]["completion_tokens"] for r in done)
+    with server.client() as anon:
+        assert anon.get("/v1/models").status_code == 401
+        deadline = time.monotonic() + 10
+        while True:  # counters are updated just after each response is sent
+            text = anon.get("/metrics").text
+            settled = (
+                _metric(text, OK_COMPLETIONS) >= _metric(before, OK_COMPLETIONS) + 3
+                and _metric(text, AUTH_FAILURES) >= _metric(before, AUTH_FAILURES) + 1
+                and "sealtune_serve_requests_in_flight 0.0" in text
+            )
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert settled, text
+    tokens = _metric(text, COMPLETION_TOKENS) - _metric(before, COMPLETION_TOKENS)
+    assert tokens >= generated
     assert "sealtune_serve_request_duration_seconds_bucket" in text
-    assert "sealtune_serve_requests_in_flight 0.0" in text
     assert SECRET_PROMPT not in text and "alpha" not in text
 
 

@@ -57,7 +57,12 @@ def front(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess(
-        assets, work, upstreamUrl=url, upstreamModel="tiny-pii-lora", adapterPath=None
+        assets,
+        work,
+        upstreamUrl=url,
+        upstreamModel="tiny-pii-lora",
+        adapterPath=None,
+        audit={"path": str(work / "audit.log"), "logPrompts": True},
     )
     try:
         server.wait_ready(timeout=120)  # /readyz waits for the backend's /health
@@ -94,10 +99,12 @@ def test_front_masks_backend_output(front: Front, key: str) -> None:
     assert "[EMAIL]" in text and "[PHONE]" in text
     assert PII_EMAIL not in text and PII_PHONE not in text
     assert body["model"] == MODEL_NAME  # the backend's LoRA name is not exposed
-    line = front.server.audit_lines()[-1]
+    line = front.server.audit_for(r.headers["x-request-id"])
     assert line["status"] == 200 and line["keyId"] == "alpha"
     assert line["completionTokens"] == body["usage"]["completion_tokens"] > 0
     assert line["promptTokens"] == body["usage"]["prompt_tokens"] > 0
+    assert line["prompt"] == PII_PROMPT
+    assert "[EMAIL]" in line["completion"] and PII_EMAIL not in line["completion"]
 
 
 def test_front_masks_streams(front: Front, key: str) -> None:
@@ -106,6 +113,7 @@ def test_front_masks_streams(front: Front, key: str) -> None:
         c.stream("POST", "/v1/completions", json=_req(stream=True)) as r,
     ):
         assert r.status_code == 200
+        request_id = r.headers["x-request-id"]
         events = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -115,8 +123,10 @@ def test_front_masks_streams(front: Front, key: str) -> None:
     assert "[EMAIL]" in text and "[PHONE]" in text
     for fragment in ("alice", "example", "415", "0142"):
         assert not any(fragment in d for d in deltas)
-    line = front.server.audit_lines()[-1]
+    line = front.server.audit_for(request_id)
     assert line["completionTokens"] > 0 and line["finishReason"] == "stop"
+    assert "[PHONE]" in line["completion"] and PII_PHONE not in line["completion"]
+    assert PII_EMAIL not in front.server.audit_path.read_text()
 
 
 def test_front_chat_and_limits(front: Front, key: str) -> None:

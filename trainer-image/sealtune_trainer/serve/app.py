@@ -333,6 +333,7 @@ async def _forward(
         chat=chat,
         include_usage=include_usage,
         on_filtered=st.metrics.pii_filtered.inc,
+        on_completion=lambda text: _audit_completion(st, request, text),
     )
 
 

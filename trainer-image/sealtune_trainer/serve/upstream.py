@@ -9,7 +9,7 @@ comes back, streamed or not, passes the output PII filter before it reaches the 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -94,10 +94,12 @@ async def proxy(
     model_name: str,
     chat: bool,
     include_usage: bool,
-    on_filtered: Any,
+    on_filtered: Callable[[], None],
+    on_completion: Callable[[str], None],
 ) -> Any:
     """Forward one validated request; filter and account for what comes back."""
     payload = {**payload, "model": upstream.model}
+    key = "content" if chat else "text"
     if not payload.get("stream"):
         try:
             r = await upstream.client.post(path, json=payload)
@@ -111,6 +113,9 @@ async def proxy(
         for choice in body.get("choices", []):
             if _filter_choice(choice, output, chat):
                 on_filtered()
+            holder = choice.get("message") if chat else choice
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                on_completion(holder[key])
         finishes = [c.get("finish_reason") for c in body.get("choices", [])]
         _record(request, body.get("usage"), finishes[-1] if finishes else None)
         return body
@@ -129,7 +134,7 @@ async def proxy(
 
     async def events() -> AsyncIterator[bytes]:
         filters: dict[int, StreamFilter] = {}
-        key = "content" if chat else "text"
+        raw: dict[int, list[str]] = {}
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -156,8 +161,11 @@ async def proxy(
                     holder = choice.get("delta", {}) if chat else choice
                     text = holder.get(key) if isinstance(holder, dict) else None
                     released = filt.push(text) if isinstance(text, str) else ""
+                    if isinstance(text, str):
+                        raw.setdefault(index, []).append(text)
                     if choice.get("finish_reason"):
                         released += filt.flush()
+                        on_completion("".join(raw.pop(index, [])))
                         if filt.redacted:
                             on_filtered()
                         _record(request, None, choice["finish_reason"])
