@@ -380,3 +380,50 @@ def test_adapter_unpack_only_into_memory(assets: Assets, tmp_path: Path) -> None
             f.unlink()
         if out.exists():
             out.rmdir()
+
+
+# ------------------------------------------------------------------- error path, in process
+
+
+def test_an_internal_error_is_a_bare_500_and_one_audit_line(
+    engine: Engine, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Fault injection: generation raises with request text in its message; none of it
+    may reach the client, the audit line or any log."""
+    import asyncio
+    import io
+
+    import httpx
+
+    from sealtune_trainer.serve.app import build_app
+    from sealtune_trainer.serve.audit import AuditLog
+
+    class Exploding(Engine):
+        def generate(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise RuntimeError("boom: Patient Zhang Wei")
+
+    broken = Exploding(engine.model, engine.tokenizer, model_name="m")
+    new = create_key("k")
+    (tmp_path / "k").write_text(new.hash_line)
+    audit_out = io.StringIO()
+    cfg = ServeConfig.model_validate({"modelName": "m", "audit": {"logPrompts": False}})
+    app = build_app(
+        cfg, keys=KeyStore(tmp_path), audit=AuditLog(cfg.audit, stream=audit_out), engine=broken
+    )
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.post(
+                "/v1/completions",
+                json={"model": "m", "prompt": "Patient Zhang Wei", "max_tokens": 2},
+                headers={"authorization": f"Bearer {new.key}"},
+            )
+
+    r = asyncio.run(call())
+    assert r.status_code == 500
+    assert "Zhang" not in r.text and r.json()["error"]["message"] == "internal error"
+    (line,) = [json.loads(x) for x in audit_out.getvalue().splitlines()]
+    assert line["status"] == 500 and line["error"] == "RuntimeError" and line["keyId"] == "k"
+    captured = capfd.readouterr()
+    assert "Zhang" not in captured.out + captured.err + audit_out.getvalue()

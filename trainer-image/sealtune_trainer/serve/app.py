@@ -156,6 +156,15 @@ def _fastapi(st: ServerState) -> FastAPI:
             _error_body("invalid request: " + "; ".join(parts), "invalid_request"), status_code=400
         )
 
+    @api.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # No detail: the message of an arbitrary exception may quote request text.
+        return JSONResponse(
+            {"error": {"message": "internal error", "type": "server_error", "param": None,
+                       "code": "internal"}},
+            status_code=500,
+        )  # fmt: skip
+
     @api.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
