@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from sealtune_operator.models import GROUP, VERSION, FineTuneJobSpec, FineTuneJobStatus
+from sealtune_operator.models_serve import ModelServeSpec, ModelServeStatus
 
 Schema = dict[str, Any]
 
@@ -80,8 +81,8 @@ def structural(model: type[BaseModel]) -> Schema:
     return _resolve(raw, raw.get("$defs", {}))
 
 
-def _status_schema() -> Schema:
-    schema = structural(FineTuneJobStatus)
+def _status_schema(model: type[BaseModel] = FineTuneJobStatus) -> Schema:
+    schema = structural(model)
     schema.pop("additionalProperties", None)
     # Kopf keeps its handler progress and diff-base here; without this the API server
     # prunes them silently and Kopf re-runs handlers forever.
@@ -176,9 +177,40 @@ def finetunejob_crd() -> dict[str, Any]:
     )
 
 
+def modelserve_crd() -> dict[str, Any]:
+    return _crd(
+        kind="ModelServe",
+        plural="modelserves",
+        short="ms",
+        description="A TLS-only, API-key-protected, network-isolated inference service for a "
+        "fine-tuned LoRA adapter.",
+        spec=structural(ModelServeSpec),
+        status=_status_schema(ModelServeStatus),
+        columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {
+                "name": "Ready",
+                "type": "integer",
+                "description": "Serving pods ready",
+                "jsonPath": ".status.readyReplicas",
+            },
+            {
+                "name": "Endpoint",
+                "type": "string",
+                "description": "In-cluster address of the service",
+                "jsonPath": ".status.endpoint",
+            },
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD object, for everything in `crds/`."""
-    return {"sealtune.io_finetunejobs.yaml": finetunejob_crd()}
+    return {
+        "sealtune.io_finetunejobs.yaml": finetunejob_crd(),
+        "sealtune.io_modelserves.yaml": modelserve_crd(),
+    }
 
 
 def dump(obj: dict[str, Any]) -> str:

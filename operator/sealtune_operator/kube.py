@@ -72,6 +72,24 @@ def create(manifest: Manifest) -> bool:
     return True
 
 
+FIELD_MANAGER = "sealtune-operator"
+
+
+def apply(manifest: Manifest) -> None:
+    """Server-side apply: create the object or converge it to the manifest; fields the
+    operator stops rendering are removed (used for long-lived, mutable children)."""
+    meta = manifest["metadata"]
+    _method(manifest["kind"], "patch")(
+        meta["name"],
+        meta["namespace"],
+        manifest,
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type="application/apply-patch+yaml",
+        _preload_content=False,
+    )
+
+
 def replace_spec(manifest: Manifest) -> None:
     """Merge-patch an existing child to the rendered manifest (used for mutable children)."""
     meta = manifest["metadata"]

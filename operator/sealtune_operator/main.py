@@ -69,9 +69,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # Importing the handlers registers them with Kopf's default registry.
-    from sealtune_operator.handlers import finetune
+    from sealtune_operator.handlers import finetune, serve
 
     finetune.configure(OperatorSettings.from_env())
+    serve.configure(OperatorSettings.from_env())
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 DEFAULT_TRAINER_IMAGE = "registry.local/sealtune/trainer:0.1.0"
 DEFAULT_SERVE_IMAGE = "registry.local/sealtune/trainer:0.1.0"
+DEFAULT_VLLM_IMAGE = "registry.local/vllm/vllm-openai:v0.11.0"
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -19,6 +20,7 @@ class OperatorSettings:
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     serve_image: str = DEFAULT_SERVE_IMAGE
+    vllm_image: str = DEFAULT_VLLM_IMAGE
     # StorageClasses known to encrypt at rest; checkpoint PVCs must use one of them.
     encrypting_storage_classes: tuple[str, ...] = ("encrypted",)
     # Where the operator's own pods run, so trainer NetworkPolicies admit only them.
@@ -36,6 +38,7 @@ class OperatorSettings:
         return cls(
             trainer_image=env.get("SEALTUNE_TRAINER_IMAGE", defaults.trainer_image),
             serve_image=env.get("SEALTUNE_SERVE_IMAGE", defaults.serve_image),
+            vllm_image=env.get("SEALTUNE_VLLM_IMAGE", defaults.vllm_image),
             encrypting_storage_classes=_csv(
                 env.get(
                     "SEALTUNE_ENCRYPTING_STORAGE_CLASSES",

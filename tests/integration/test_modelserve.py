@@ -1,0 +1,416 @@
+"""ModelServe end to end: real kube-apiserver (schema, CEL, Pod Security admission, RBAC),
+controller-manager, scheduler, KWOK nodes, and the real operator process under the Helm
+chart's ServiceAccount."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
+
+from sealtune_operator.testing.cluster import REPO, LocalCluster
+
+pytestmark = pytest.mark.integration
+
+SHA_1 = "d" * 64
+SHA_2 = "e" * 64
+
+
+def summary(sha: str, verdict: str = "passed") -> dict[str, Any]:
+    """A trainer termination summary, as the KWOK stage writes it for annotated pods."""
+    return {
+        "privacy": {"dpEnabled": True, "epsilon": 7.9, "delta": 1e-5, "noiseMultiplier": 0.8},
+        "steps": 10,
+        "totalSteps": 10,
+        "audit": {
+            "verdict": verdict,
+            "membershipAuc": 0.51 if verdict == "passed" else 0.93,
+            "reasons": [] if verdict == "passed" else ["membership AUC 0.93 > 0.6"],
+        },
+        "adapter": {"path": "/output/clinical-notes-lora/adapter.tar.enc", "sha256": sha},
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def modelserve_crd(cluster: LocalCluster) -> Iterator[None]:
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/modelserves.sealtune.io"
+    )
+    yield
+
+
+def ms_manifest(name: str, **overrides: Any) -> dict[str, Any]:
+    """The example ModelServe, renamed, with spec keys replaced (None deletes a key)."""
+    doc = yaml.safe_load((REPO / "examples" / "modelserve.yaml").read_text())
+    doc["metadata"] = {"name": name}
+    for key, value in overrides.items():
+        if value is None:
+            doc["spec"].pop(key, None)
+        else:
+            doc["spec"][key] = value
+    return dict(doc)
+
+
+PVC_ADAPTER = {
+    "pvc": {"claimName": "adapters", "path": "clinical-notes-lora"},
+    "keySecret": {"name": "adapter-output-key"},
+}
+
+
+def prerequisites(ns: Namespace) -> None:
+    for claim in ("base-models", "adapters"):
+        if ns.get_or_none("pvc", claim) is None:
+            ns.bound_pvc(claim)
+
+
+def run_job(ns: Namespace, name: str, message: dict[str, Any], outcome: str = "Succeeded") -> None:
+    for claim in ("base-models", "clinical-data", "adapters"):
+        if ns.get_or_none("pvc", claim) is None:
+            ns.bound_pvc(claim)
+    ns.pv_for(f"{name}-checkpoints")
+    annotations = {"sealtune.test/outcome": outcome}
+    if outcome == "Failed":
+        annotations["sealtune.test/exit-code"] = "1"
+    if message:
+        annotations["sealtune.test/message"] = json.dumps(message)
+    ns.apply(ftj_manifest(name, podAnnotations=annotations, backoffLimit=0))
+
+
+def status(ns: Namespace, name: str) -> dict[str, Any]:
+    return dict(ns.get("modelserve", name).get("status") or {})
+
+
+def condition(st: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def phase_is(ns: Namespace, name: str, phase: str, ready: int | None = None) -> Any:
+    st = status(ns, name)
+    if st.get("phase") != phase or (ready is not None and st.get("readyReplicas") != ready):
+        return None
+    return st
+
+
+def event_reasons(ns: Namespace, name: str) -> dict[str, str]:
+    items = ns.get(
+        "events", "--field-selector", f"involvedObject.kind=ModelServe,involvedObject.name={name}"
+    )["items"]
+    return {e["reason"]: e["type"] for e in items}
+
+
+CHILDREN = {
+    "networkpolicy": "{}-isolation",
+    "configmap": "{}-serve-config",
+    "serviceaccount": "{}-server",
+    "deployment": "{}-server",
+    "service": "{}",
+    "poddisruptionbudget": "{}-server",
+}
+
+
+def test_children_isolation_admission_status_and_cleanup(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns, name = namespace, "notes"
+    prerequisites(ns)
+    manifest = ms_manifest(name, adapter=PVC_ADAPTER)
+    applied = ns.apply(manifest)
+    assert applied
+    st = wait_for(lambda: phase_is(ns, name, "Ready", 2), timeout=60, what="Ready 2/2")
+    objs = {kind: ns.get(kind, tmpl.format(name)) for kind, tmpl in CHILDREN.items()}
+    ms = ns.get("modelserve", name)
+    for kind, obj in objs.items():
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == ms["metadata"]["uid"], kind
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sealtune-operator"
+    # Invariant 1: the NetworkPolicy was written first (these children are never updated
+    # after creation, so their resourceVersions are creation order), before any pod.
+    rv = {k: int(o["metadata"]["resourceVersion"]) for k, o in objs.items()}
+    assert rv["networkpolicy"] < rv["configmap"] < rv["serviceaccount"] < rv["service"]
+    # The NetworkPolicy admits exactly spec.access, on 8443, and denies all egress.
+    np = objs["networkpolicy"]["spec"]
+    assert np["policyTypes"] == ["Ingress", "Egress"] and not np.get("egress")
+    assert np["podSelector"] == {"matchLabels": {"sealtune.io/modelserve": name}}
+    [rule] = np["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "analytics"}}},
+        {"podSelector": {"matchLabels": {"app": "discharge-summaries"}}},
+        {"ipBlock": {"cidr": "10.20.0.0/16"}},
+    ]
+    # The policy selects the serving pods, and the pods were admitted as `restricted`.
+    pods = ns.get("pods", "-l", "sealtune.io/modelserve=" + name)["items"]
+    assert len(pods) == 2
+    first_pod = min(int(p["metadata"]["resourceVersion"]) for p in pods)
+    managed = json.loads(
+        ns.kubectl(
+            "get", "deployment", f"{name}-server", "-o", "json", "--show-managed-fields"
+        ).stdout
+    )["metadata"]["managedFields"]
+    assert any(m["manager"] == "sealtune-operator" and m["operation"] == "Apply" for m in managed)
+    assert rv["networkpolicy"] < first_pod
+    for pod in pods:
+        assert pod["metadata"]["labels"]["sealtune.io/modelserve"] == name
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["serviceAccountName"] == f"{name}-server"
+        mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+        assert all(mounts[v]["readOnly"] for v in ("tls", "api-keys", "adapter-key", "adapter"))
+        secrets = [v["secret"] for v in spec["volumes"] if "secret" in v]
+        assert len(secrets) == 3 and all(s["defaultMode"] == 0o400 for s in secrets)
+        probe = spec["containers"][0]["readinessProbe"]["httpGet"]
+        assert probe["scheme"] == "HTTPS" and probe["path"] == "/readyz"
+    assert objs["serviceaccount"]["automountServiceAccountToken"] is False
+    assert objs["service"]["spec"]["ports"][0]["port"] == 8443
+    assert objs["poddisruptionbudget"]["spec"]["maxUnavailable"] == 1
+    config = json.loads(objs["configmap"]["data"]["serve.json"])
+    assert config["modelName"] == "clinical-notes-v1"
+    assert config["rateLimit"] == {"requestsPerMinute": 120.0, "burst": 20}
+    # Status, conditions, Events, printer columns.
+    assert st["endpoint"] == f"{name}.{ns.name}.svc:8443"
+    assert st["observedGeneration"] == ms["metadata"]["generation"]
+    for ctype, value in (
+        ("NetworkIsolated", "True"),
+        ("ResourcesReady", "True"),
+        ("Available", "True"),
+        ("AdapterNotReady", "False"),
+    ):
+        assert condition(st, ctype)["status"] == value, (ctype, st)
+    reasons = wait_for(
+        lambda: (r := event_reasons(ns, name)) and "ReplicasReady" in r and r, what="events"
+    )
+    assert {"IngressRestricted", "Applied", "PhaseReady"} <= set(reasons), reasons
+    table = ns.kubectl("get", "ms", name).stdout
+    assert "ENDPOINT" in table and "Ready" in table and f"{name}.{ns.name}.svc:8443" in table
+    # Invariant 8: the user's spec and annotations are untouched.
+    after = ns.get("modelserve", name)
+    annotations = after["metadata"].get("annotations") or {}
+    assert set(annotations) <= {"kubectl.kubernetes.io/last-applied-configuration"}
+    assert after["spec"]["access"] == manifest["spec"]["access"]
+
+    # A spec change converges the children: access narrowed, one replica, no PDB.
+    ns.kubectl(
+        "patch",
+        "modelserve",
+        name,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"replicas": 1, "access": {"namespaces": [], "cidrs": []}}}),
+    )
+    wait_for(
+        lambda: ns.get_or_none("poddisruptionbudget", f"{name}-server") is None, what="PDB gone"
+    )
+    rule = ns.get("networkpolicy", f"{name}-isolation")["spec"]["ingress"][0]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app": "discharge-summaries"}}}]
+    wait_for(lambda: phase_is(ns, name, "Ready", 1), what="Ready 1/1")
+
+    # Deletion removes every child.
+    ns.kubectl("delete", "modelserve", name, "--wait=false")
+    for kind, tmpl in CHILDREN.items():
+        wait_for(
+            lambda k=kind, t=tmpl: ns.get_or_none(k, t.format(name)) is None,
+            timeout=60,
+            what=f"{kind} deleted",
+        )
+    wait_for(
+        lambda: not ns.get("pods", "-l", "sealtune.io/modelserve=" + name)["items"],
+        what="pods gone",
+    )
+
+
+def test_waits_for_finetunejob_then_rolls_out_each_new_result(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns, name, job = namespace, "waiting", "clinical-notes-lora"
+    prerequisites(ns)
+    ns.apply(ms_manifest(name, replicas=1))
+    st = wait_for(
+        lambda: condition(status(ns, name), "AdapterNotReady").get("reason")
+        == "FineTuneJobNotFound"
+        and status(ns, name),
+        what="AdapterNotReady FineTuneJobNotFound",
+    )
+    assert st["phase"] == "Pending"
+    assert condition(st, "AdapterNotReady")["status"] == "True"
+    assert ns.get_or_none("deployment", f"{name}-server") is None
+    assert ns.get_or_none("networkpolicy", f"{name}-isolation") is None
+
+    # The job runs and succeeds: the ModelServe rolls out without being touched.
+    run_job(ns, job, summary(SHA_1))
+    st = wait_for(lambda: phase_is(ns, name, "Ready", 1), timeout=90, what="Ready after job")
+    assert st["adapterSha256"] == SHA_1
+    assert condition(st, "AdapterNotReady")["status"] == "False"
+    deploy = ns.get("deployment", f"{name}-server")
+    template = deploy["spec"]["template"]
+    assert template["metadata"]["annotations"]["sealtune.io/adapter-sha256"] == SHA_1
+    vols = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert vols["adapter"]["persistentVolumeClaim"] == {"claimName": "adapters", "readOnly": True}
+    assert vols["adapter-key"]["secret"]["secretName"] == "adapter-output-key"
+    mount = next(
+        m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "adapter"
+    )
+    assert mount["subPath"] == "clinical-notes-lora"
+    assert {"FineTuneJobNotFound", "AdapterReady", "PhaseReady"} <= set(event_reasons(ns, name))
+
+    # The job is re-run (deleted and created again) with a newer result: while it is gone
+    # the old adapter keeps serving; its new result rolls the Deployment.
+    ns.kubectl("delete", "finetunejob", job, "--wait=true", "--timeout=60s")
+    st = wait_for(
+        lambda: condition(status(ns, name), "AdapterNotReady").get("status") == "True"
+        and status(ns, name),
+        what="AdapterNotReady after the job was deleted",
+    )
+    assert st["phase"] == "Ready"
+    assert ns.get("deployment", f"{name}-server")["metadata"]["generation"] == 1
+    wait_for(lambda: ns.get_or_none("job", f"{job}-trainer") is None, what="old trainer gone")
+    # The old checkpoint PV is Released; a fresh one is reserved for the re-run.
+    ns.kubectl("delete", "pv", f"pv-{ns.name}-{job}-checkpoints", "--wait=true", check=False)
+    run_job(ns, job, summary(SHA_2))
+    st = wait_for(
+        lambda: (s := status(ns, name)).get("adapterSha256") == SHA_2 and s,
+        timeout=90,
+        what="new adapter rolled out",
+    )
+    deploy = ns.get("deployment", f"{name}-server")
+    annotations = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["sealtune.io/adapter-sha256"] == SHA_2
+    assert deploy["metadata"]["generation"] == 2
+    wait_for(lambda: phase_is(ns, name, "Ready", 1), timeout=60, what="Ready after rollout")
+
+
+def test_adapter_not_ready_reasons(namespace: Namespace, operator: OperatorProcess) -> None:
+    ns = namespace
+    prerequisites(ns)
+    cases = {
+        "running": ("Running", {}, "FineTuneJobRunning", "Pending"),
+        "audit": ("Succeeded", summary(SHA_1, verdict="failed"), "AuditFailed", "Failed"),
+        "broken": ("Failed", {}, "FineTuneJobFailed", "Failed"),
+    }
+    for job, (outcome, message, _, _) in cases.items():
+        run_job(ns, job, message, outcome=outcome)
+        ns.apply(ms_manifest(f"ms-{job}", adapter={"fineTuneJob": {"name": job}}))
+    for job, (_, _, reason, phase) in cases.items():
+        name = f"ms-{job}"
+        st = wait_for(
+            lambda n=name, r=reason: condition(status(ns, n), "AdapterNotReady").get("reason")
+            == r
+            and status(ns, n),
+            timeout=90,
+            what=f"{name}: {reason}",
+        )
+        assert st["phase"] == phase, (name, st)
+        assert ns.get_or_none("deployment", f"{name}-server") is None
+        if phase == "Failed":
+            assert event_reasons(ns, name).get(reason) == "Warning"
+
+
+VALID = yaml.safe_load((REPO / "examples" / "modelserve.yaml").read_text())["spec"]
+
+
+def _invalid(**changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    return spec
+
+
+INVALID = [
+    (
+        "both adapter sources",
+        _invalid(adapter={"fineTuneJob": {"name": "j"}, **PVC_ADAPTER}),
+        "exactly one of fineTuneJob or pvc",
+    ),
+    ("no adapter source", _invalid(adapter={}), "exactly one of fineTuneJob or pvc"),
+    (
+        "pvc without key",
+        _invalid(adapter={"pvc": {"claimName": "adapters"}}),
+        "keySecret is required",
+    ),
+    (
+        "job with key",
+        _invalid(adapter={"fineTuneJob": {"name": "j"}, "keySecret": {"name": "k"}}),
+        "must not be set with fineTuneJob",
+    ),
+    ("no TLS secret", _invalid(tlsSecret=None), "tlsSecret: Required value"),
+    ("no API-key secret", _invalid(apiKeySecret=None), "apiKeySecret: Required value"),
+    ("negative replicas", _invalid(replicas=-1), "spec.replicas"),
+    ("zero rate limit", _invalid(rateLimit={"requestsPerMinute": 0}), "requestsPerMinute"),
+    ("bad runtime", _invalid(runtime="tgi"), "spec.runtime"),
+    ("bad CIDR", _invalid(access={"cidrs": ["10.0.0.0/33"]}), "must be a CIDR"),
+    ("bad namespace", _invalid(access={"namespaces": ["Not_A_NS"]}), "valid namespace name"),
+    (
+        "two model sources",
+        _invalid(
+            model={
+                "pvc": {"claimName": "m"},
+                "image": {"reference": "registry.local/m@sha256:" + "a" * 64},
+            }
+        ),
+        "exactly one of pvc or image",
+    ),
+    (
+        "prompts without audit",
+        _invalid(auditLogging={"enabled": False, "logPrompts": True}),
+        "logPrompts needs",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_modelserves_are_rejected(
+    namespace: Namespace, case: str, spec: dict[str, Any], message: str
+) -> None:
+    doc = {"apiVersion": "sealtune.io/v1alpha1", "kind": "ModelServe", "metadata": {"name": "x"}}
+    doc["spec"] = spec
+    proc = namespace.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False
+    )
+    assert proc.returncode != 0, case
+    assert message in proc.stderr, (case, proc.stderr)
+
+
+def test_valid_example_is_accepted(namespace: Namespace) -> None:
+    proc = namespace.kubectl("apply", "--dry-run=server", "-f", "examples/modelserve.yaml")
+    assert "created (server dry run)" in proc.stdout
+
+
+def test_vllm_runtime_is_admitted_with_adapter_only_in_tmpfs(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    ns, name = namespace, "fast"
+    prerequisites(ns)
+    ns.apply(ms_manifest(name, adapter=PVC_ADAPTER, runtime="vllm", replicas=1))
+    wait_for(lambda: phase_is(ns, name, "Ready", 1), timeout=60, what="vLLM Ready")
+    pod = ns.get("pods", "-l", "sealtune.io/modelserve=" + name)["items"][0]
+    spec = pod["spec"]
+    [init] = spec["initContainers"]
+    vllm, front = spec["containers"]
+    assert (init["name"], vllm["name"], front["name"]) == ("decrypt-adapter", "vllm", "front")
+    assert init["command"][:3] == ["sealtune", "adapter", "unpack"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["adapter-plain"]["emptyDir"]["medium"] == "Memory"
+    # The key is mounted only where the adapter is decrypted.
+    def names(c: dict[str, Any]) -> set[str]:
+        return {m["name"] for m in c["volumeMounts"]}
+
+    assert "adapter-key" in names(init)
+    assert "adapter-key" not in names(vllm) | names(front)
+    assert "adapter" not in names(vllm) | names(front)
+    # vLLM: LoRA on, loopback only, no container port; the front is the only listener.
+    assert "--enable-lora" in vllm["args"]
+    assert vllm["args"][vllm["args"].index("--host") + 1] == "127.0.0.1"
+    assert "--lora-modules" in vllm["args"] and "clinical-notes-v1=/run/adapter" in vllm["args"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert not vllm.get("ports")
+    assert front["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert front["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    config = json.loads(ns.get("configmap", f"{name}-serve-config")["data"]["serve.json"])
+    assert config["upstreamUrl"] == "http://127.0.0.1:8000"
+    assert config["upstreamModel"] == "clinical-notes-v1"
