@@ -64,7 +64,8 @@ def create(manifest: Manifest) -> bool:
     """Create the object; False if it already existed (not an error: we are idempotent)."""
     meta = manifest["metadata"]
     try:
-        _method(manifest["kind"], "create")(meta["namespace"], manifest)
+        # No response deserialization: it is most of the client's CPU time per request.
+        _method(manifest["kind"], "create")(meta["namespace"], manifest, _preload_content=False)
     except ApiException as exc:
         if exc.status == 409:
             return False
@@ -121,7 +122,7 @@ def pvc_exists(namespace: str, name: str) -> bool:
 
 def patch_status(plural: str, namespace: str, name: str, status: Manifest) -> None:
     _apis()["custom"].patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural, name, {"status": status}
+        GROUP, VERSION, namespace, plural, name, {"status": status}, _preload_content=False
     )
 
 

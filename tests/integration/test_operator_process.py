@@ -9,7 +9,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-
 from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
 
 pytestmark = pytest.mark.integration

@@ -33,6 +33,11 @@ BLOCKED_REASONS = {"ModelNotFound", "DatasetNotFound", "OutputNotFound", "Storag
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 # What this process last wrote, so a burst of child events does not re-patch the same status.
 _written: dict[tuple[str, str], dict[str, Any]] = {}
+# (uid, generation) reconciled last, so events caused by our own status writes are no-ops.
+_done: dict[tuple[str, str], tuple[str, int]] = {}
+# Jobs whose reference checks failed, with the PVC names whose appearance re-checks them.
+_blocked: dict[tuple[str, str], set[str]] = {}
+RETRY_SECONDS = 15.0
 log = logging.getLogger("sealtune.finetune")
 
 _settings: OperatorSettings = OperatorSettings.from_env()
@@ -62,6 +67,12 @@ def trainer_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any)
     return {(namespace, labels["sealtune.io/finetunejob"]): dict(body)}
 
 
+@kopf.index("", "v1", "persistentvolumeclaims")  # type: ignore[arg-type]
+def claims(namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+    """PVC names by namespace: reference checks read memory, not the API server."""
+    return {namespace: name}
+
+
 def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
     store = index.get(key)
     return next(iter(store), None) if store else None
@@ -70,8 +81,11 @@ def _one(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_references(namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] | None:
+def check_references(
+    namespace: str, spec: FineTuneJobSpec, claims: kopf.Index[Any, Any]
+) -> tuple[str, str] | None:
     """(reason, message) when a referenced object is missing or unfit; None when all is well."""
+    present = set(claims.get(namespace) or [])
     if spec.checkpoints.storage_class_name not in _settings.encrypting_storage_classes:
         allowed = ", ".join(_settings.encrypting_storage_classes) or "(none configured)"
         return (
@@ -79,13 +93,11 @@ def check_references(namespace: str, spec: FineTuneJobSpec) -> tuple[str, str] |
             f"checkpoints.storageClassName {spec.checkpoints.storage_class_name!r} is not in the "
             f"operator's allowlist of encrypting storage classes: {allowed}",
         )
-    if spec.model.pvc and not kube.pvc_exists(namespace, spec.model.pvc.claim_name):
+    if spec.model.pvc and spec.model.pvc.claim_name not in present:
         return "ModelNotFound", f"model PVC {spec.model.pvc.claim_name!r} does not exist"
-    if not kube.pvc_exists(namespace, spec.dataset.pvc.claim_name):
+    if spec.dataset.pvc.claim_name not in present:
         return "DatasetNotFound", f"dataset PVC {spec.dataset.pvc.claim_name!r} does not exist"
-    if spec.output.pvc.claim_name != spec.dataset.pvc.claim_name and not kube.pvc_exists(
-        namespace, spec.output.pvc.claim_name
-    ):
+    if spec.output.pvc.claim_name not in present:
         return "OutputNotFound", f"output PVC {spec.output.pvc.claim_name!r} does not exist"
     return None
 
@@ -146,29 +158,51 @@ def refresh(
 # ----------------------------------------------------------------------------- reconcile
 
 
-def reconcile(body: dict[str, Any], trainer_jobs: kopf.Index[Any, Any]) -> None:
-    """Check references, then create NetworkPolicy, key, PVC, ConfigMap, SA and Job in order."""
+def reconcile(
+    body: dict[str, Any],
+    trainer_jobs: kopf.Index[Any, Any],
+    claims: kopf.Index[Any, Any],
+    force: bool = False,
+) -> None:
+    """Check references, then create NetworkPolicy, key, PVC, ConfigMap, SA and Job in order.
+
+    Runs on every event of the FineTuneJob but acts once per (uid, generation); `force`
+    re-runs it when a referenced object changed.
+    """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     key = (namespace, name)
     generation = int(meta.get("generation", 1))
+    version = (str(meta.get("uid")), generation)
+    if not force and _done.get(key) == version:
+        return
     started = time.monotonic()
     spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
     with _locks[key]:
+        if not force and _done.get(key) == version:
+            return
         current = _written.get(key) or dict(body.get("status") or {})
         names = render.Names(name)
         if _one(trainer_jobs, key) is not None:
             # The Job is the last child: if it exists, everything before it does too.
             new = {**current, "observedGeneration": generation, "jobName": names.job}
             _write_status(body, new)
+            _done[key] = version
             metrics.RECONCILES.labels("FineTuneJob", "unchanged").inc()
             return
-        blocked = check_references(namespace, spec)
+        blocked = check_references(namespace, spec, claims)
         if blocked:
             new = st.blocked_status(current, generation, *blocked)
             _write_status(body, new)
+            _done[key] = version  # re-checked on a spec change or a PVC event
+            _blocked[key] = {
+                c.claim_name
+                for c in (spec.model.pvc, spec.dataset.pvc, spec.output.pvc)
+                if c is not None
+            }
             metrics.RECONCILES.labels("FineTuneJob", "blocked").inc()
             return
+        _blocked.pop(key, None)
         children = render.children(body, spec, _settings, os.urandom(32))
         status = current
         for child in children:
@@ -183,8 +217,16 @@ def reconcile(body: dict[str, Any], trainer_jobs: kopf.Index[Any, Any]) -> None:
                 )
                 _write_status(body, status)
                 metrics.ERRORS.labels("FineTuneJob", kind).inc()
-                # A temporary error: Kopf retries with backoff; nothing after this child exists.
-                raise kopf.TemporaryError(err.message, delay=15) from exc
+                # Nothing after this child exists; try again later, with the newest spec.
+                _schedule_retry(key, trainer_jobs, claims)
+                log.warning(
+                    "creating %s failed, retrying in %ss: %s",
+                    kind,
+                    RETRY_SECONDS,
+                    err.message,
+                    extra={"object": {"namespace": namespace, "name": name}},
+                )
+                return
             if kind == "NetworkPolicy":
                 status = st.setup_status(
                     status,
@@ -202,38 +244,63 @@ def reconcile(body: dict[str, Any], trainer_jobs: kopf.Index[Any, Any]) -> None:
             "Created",
             "checkpoint key, PVC, config, service account and Job created",
         )
-        status = st.job_status(status, generation, names.job, st.observe(None, []))
+        # Observe the Job as created, so its own watch event finds nothing new to write.
+        status = st.job_status(status, generation, names.job, st.observe(children[-1], []))
         _write_status(body, status)
+        _done[key] = version
     metrics.RECONCILES.labels("FineTuneJob", "created").inc()
     metrics.LATENCY.labels("FineTuneJob").observe(time.monotonic() - started)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")  # type: ignore[arg-type]
-def on_change(body: kopf.Body, trainer_jobs: kopf.Index[Any, Any], **_: Any) -> None:
+def _schedule_retry(
+    key: tuple[str, str], trainer_jobs: kopf.Index[Any, Any], claims: kopf.Index[Any, Any]
+) -> None:
+    def retry() -> None:
+        body = kube.get_custom(PLURAL, *key)
+        if body and not body["metadata"].get("deletionTimestamp"):
+            reconcile(body, trainer_jobs, claims, force=True)
+
+    timer = threading.Timer(RETRY_SECONDS, retry)
+    timer.daemon = True
+    timer.start()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+def on_event(
+    type: str | None,
+    body: kopf.Body,
+    trainer_jobs: kopf.Index[Any, Any],
+    claims: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    """Every FineTuneJob event (incl. the initial listing after a restart) reconciles.
+
+    An event handler rather than Kopf's create/update handlers: it keeps no progress or
+    diff-base records, so a new job costs one status write instead of three.
+    """
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if type == "DELETED":
+        _forget(key)
+        return
+    if body["metadata"].get("deletionTimestamp"):
+        return
     try:
-        reconcile(dict(body), trainer_jobs)
-    except kopf.TemporaryError:
-        raise
+        reconcile(dict(body), trainer_jobs, claims)
     except Exception:
         metrics.ERRORS.labels("FineTuneJob", "unexpected").inc()
         raise
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
-def on_delete(namespace: str, name: str, trainer_pods: kopf.Index[Any, Any], **_: Any) -> None:
-    """Stop the trainer first, then shred its checkpoint key; owner references do the rest."""
-    names = render.Names(name)
-    kube.delete("Job", namespace, names.job, propagation="Foreground")
-    if trainer_pods.get((namespace, name)):
-        # Keep the NetworkPolicy (an owned child) until no trainer pod is left.
-        raise kopf.TemporaryError("waiting for trainer pods to terminate", delay=2)
-    kube.delete("Secret", namespace, names.checkpoint_key)
-    last = _written.pop((namespace, name), {})
+def _forget(key: tuple[str, str]) -> None:
+    """The job is gone; its children go with it through owner references (the garbage
+    collector deletes the checkpoint key Secret too, which crypto-shreds any checkpoint
+    left on a retained volume). No finalizer is needed: nothing is left un-owned."""
+    _done.pop(key, None)
+    _blocked.pop(key, None)
+    _locks.pop(key, None)
+    last = _written.pop(key, {})
     if last.get("phase"):
         metrics.PHASES.labels(last["phase"]).dec()
-    _locks.pop((namespace, name), None)
 
 
 # ----------------------------------------------------------------------------- children
@@ -259,28 +326,16 @@ def on_pvc_event(
     type: str | None,
     ftj_index: kopf.Index[Any, Any],
     trainer_jobs: kopf.Index[Any, Any],
+    claims: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
-    """A PVC appeared or changed: re-check jobs that were blocked on a missing reference."""
+    """A PVC appeared or changed: re-check the jobs that were blocked waiting for it."""
     if type not in ("ADDED", "MODIFIED", None):
         return
-    for key, store in list(ftj_index.items()):
-        if key[0] != namespace:
+    for key, wanted in list(_blocked.items()):
+        if key[0] != namespace or name not in wanted:
             continue
-        for entry in list(store):
-            body = entry["body"]
-            conds = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
-            cached = _written.get(key) or {}
-            for c in cached.get("conditions") or []:
-                conds[c["type"]] = c
-            ready = conds.get("ResourcesReady") or {}
-            if ready.get("status") == "False" and ready.get("reason") in BLOCKED_REASONS:
-                spec = body.get("spec") or {}
-                claims = {
-                    ((spec.get("model") or {}).get("pvc") or {}).get("claimName"),
-                    ((spec.get("dataset") or {}).get("pvc") or {}).get("claimName"),
-                    ((spec.get("output") or {}).get("pvc") or {}).get("claimName"),
-                }
-                if name in claims:
-                    log.info("re-checking %s/%s after PVC %s changed", key[0], key[1], name)
-                    reconcile(body, trainer_jobs)
+        entry = _one(ftj_index, key)
+        if entry is not None:
+            log.info("re-checking %s/%s after PVC %s changed", key[0], key[1], name)
+            reconcile(entry["body"], trainer_jobs, claims, force=True)

@@ -12,6 +12,7 @@ cached). Certificates are made here with `cryptography`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import ipaddress
 import json
@@ -36,6 +37,14 @@ from cryptography.x509.oid import NameOID
 REPO = Path(__file__).resolve().parents[3]
 STAGES = Path(__file__).with_name("kwok-stages.yaml")
 GPU_NODES = ("gpu-node-1", "gpu-node-2")
+
+
+def _detach_but_die_with_parent() -> None:
+    """New session (Ctrl-C in a terminal does not hit the control plane mid-test), but a
+    killed test run takes its components with it instead of leaving orphans."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -246,7 +255,7 @@ class LocalCluster:
             [str(self.bin_dir / args[0]), *args[1:]],
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=_detach_but_die_with_parent,
         )
 
     def _start_etcd_and_apiserver(self, pki: Path, port: int) -> None:
