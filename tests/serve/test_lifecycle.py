@@ -87,7 +87,7 @@ def test_rate_limit_rotation_and_redacted_prompt_log(assets: Assets, tmp_path: P
 
 def test_sigterm_finishes_the_in_flight_stream(assets: Assets, tmp_path: Path) -> None:
     # Base model alone (random weights never stop early) and a long completion.
-    srv = ServerProcess(assets, tmp_path, adapterPath=None, maxTokens=600)
+    srv = ServerProcess(assets, tmp_path, adapterPath=None, maxTokens=600, maxConcurrentRequests=1)
     srv.wait_ready()
     req = {
         "model": MODEL_NAME,
@@ -127,6 +127,11 @@ def test_sigterm_finishes_the_in_flight_stream(assets: Assets, tmp_path: Path) -
                 if line.startswith("data: "):
                     events.append(line[6:])
                     break
+            # One decoding request is all this server admits: a second one is turned away.
+            with srv.client(assets.keys["beta"]) as other:
+                busy = other.post("/v1/completions", json={**req, "stream": False})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["code"] == "server_busy"
             srv.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not refused:
@@ -148,9 +153,9 @@ def test_sigterm_finishes_the_in_flight_stream(assets: Assets, tmp_path: Path) -
     usage = json.loads(events[-2])["usage"]
     assert usage["completion_tokens"] > 100
     assert after_signal > 10  # the stream really was in flight when SIGTERM arrived
-    assert [x["status"] for x in srv.audit_lines()] == [200, 200]
-    assert srv.audit_lines()[1]["completionTokens"] == usage["completion_tokens"]
-    assert srv.audit_lines()[1]["finishReason"] == "length"
+    assert [x["status"] for x in srv.audit_lines()] == [200, 503, 200]
+    assert srv.audit_lines()[2]["completionTokens"] == usage["completion_tokens"]
+    assert srv.audit_lines()[2]["finishReason"] == "length"
 
 
 def _run_serve(config: dict[str, object], tmp_path: Path) -> subprocess.CompletedProcess[str]:

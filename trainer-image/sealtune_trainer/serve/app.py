@@ -112,6 +112,7 @@ def build_app(
         limiter=RateLimiter(cfg.rate_limit.requests_per_minute, cfg.rate_limit.burst),
         failures=RateLimiter(cfg.auth_failures_per_minute),
         max_body_bytes=cfg.max_body_bytes,
+        max_concurrent=cfg.max_concurrent_requests,
         metrics=metrics,
     )
     app = gate.Observer(gated, metrics=metrics, audit=audit)

@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
         help="failed authentications per client address and minute before 429 (default 30)",
     )
     serve.add_argument("--burst", type=int, help="token-bucket size per key (default: the rate)")
+    serve.add_argument(
+        "--max-concurrent-requests", type=int, help="inference requests admitted at once (32)"
+    )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 1 MiB)")
     serve.add_argument("--max-tokens", type=int, help="largest max_tokens allowed (default 512)")
     serve.add_argument("--default-max-tokens", type=int, help="max_tokens when unset (default 16)")
@@ -97,6 +100,7 @@ _SCALARS = {
     "host": "host",
     "port": "port",
     "max_body_bytes": "max_body_bytes",
+    "max_concurrent_requests": "max_concurrent_requests",
     "upstream_url": "upstream_url",
     "upstream_model": "upstream_model",
     "auth_failures_per_minute": "auth_failures_per_minute",

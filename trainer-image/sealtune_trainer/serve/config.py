@@ -119,6 +119,12 @@ class ServeConfig(CamelModel):
         description="Failed authentications allowed per client address and minute; beyond "
         "that the address gets 429 without its key being checked (no scrypt work).",
     )
+    max_concurrent_requests: int = Field(
+        32,
+        ge=1,
+        description="Inference requests admitted at once (decoding is one sequence at a time; "
+        "the rest wait). Beyond this the server answers 503 with Retry-After.",
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted request body in bytes (413 beyond)."
     )

@@ -31,6 +31,7 @@ KNOWN_ROUTES = frozenset(
     {"/v1/completions", "/v1/chat/completions", "/v1/models", "/openapi.json", *OPEN_ROUTES}
 )
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+INFERENCE_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
 
 # Keys of scope["state"] (what Starlette exposes as request.state).
 KEY_ID = "key_id"
@@ -185,12 +186,15 @@ class Gatekeeper:
         limiter: RateLimiter,
         failures: RateLimiter,
         max_body_bytes: int,
+        max_concurrent: int,
         metrics: ServeMetrics,
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.failures = failures
+        self.max_concurrent = max_concurrent
+        self.active = 0  # admitted inference requests (event-loop only: no lock needed)
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -242,6 +246,17 @@ class Gatekeeper:
         if scope.get("method") not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        inference = scope["path"] in INFERENCE_ROUTES
+        if inference and self.active >= self.max_concurrent:
+            await send_error(
+                send,
+                503,
+                "the server is busy; retry shortly",
+                kind="server_busy",
+                code="server_busy",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
         body = await self._read_body(scope, receive, send)
         if body is None:
             return
@@ -254,7 +269,13 @@ class Gatekeeper:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        if inference:
+            self.active += 1
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            if inference:
+                self.active -= 1
 
     async def _authenticate(self, scope: Scope) -> str | None:
         header = _header(scope, b"authorization")
