@@ -86,6 +86,13 @@ def test_keystore_verifies_caches_and_rotates(tmp_path: Path) -> None:
     assert store.verify(b.key) is None
 
 
+def test_key_count_follows_the_directory(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path, reload_seconds=0)
+    assert store.count() == 0  # /readyz is 503 now
+    (tmp_path / "late").write_text(create_key("late").hash_line)
+    assert store.count() == 1  # ...and turns ready without a restart
+
+
 def test_fast_path_never_decides_a_pass_it_has_not_seen(tmp_path: Path) -> None:
     a = create_key("a")
     (tmp_path / "a").write_text(a.hash_line)

@@ -164,6 +164,11 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._hashes)
 
+    def count(self) -> int:
+        """Number of keys, re-reading the directory first when a reload is due."""
+        self._maybe_reload()
+        return len(self._hashes)
+
     def _maybe_reload(self) -> None:
         if time.monotonic() - self._loaded_at >= self._reload_seconds:
             self.reload()

@@ -184,7 +184,7 @@ def _fastapi(st: ServerState) -> FastAPI:
                 return JSONResponse({"status": "backend not ready"}, status_code=503)
         elif st.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        if len(st.keys) == 0:
+        if await anyio.to_thread.run_sync(st.keys.count) == 0:
             return JSONResponse({"status": "no API keys configured"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
