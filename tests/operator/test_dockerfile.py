@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "operator" / "Dockerfile").read_text()
@@ -13,8 +12,11 @@ REQUIREMENTS = (REPO / "operator" / "requirements.txt").read_text().splitlines()
 
 
 def _instructions(name: str) -> list[str]:
-    return [line.split(None, 1)[1] for line in DOCKERFILE.splitlines()
-            if line.split(None, 1)[:1] == [name]]
+    return [
+        line.split(None, 1)[1]
+        for line in DOCKERFILE.splitlines()
+        if line.split(None, 1)[:1] == [name]
+    ]
 
 
 def test_runs_as_uid_65532_non_root() -> None:

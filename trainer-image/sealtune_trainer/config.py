@@ -40,7 +40,9 @@ class TrainingConfig(CamelModel):
         description="Adapter method: `lora` (bf16/fp32 base) or `qlora` (4-bit base, needs a GPU).",
     )
     rank: int = Field(16, ge=1, le=256, description="LoRA rank r (1..256).")
-    alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha; the update is scaled by alpha/rank.")
+    alpha: float = Field(
+        32.0, gt=0, description="LoRA scaling alpha; the update is scaled by alpha/rank."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch (0 <= p < 1).")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -66,7 +68,9 @@ class TrainingConfig(CamelModel):
     max_seq_length: int = Field(
         512, ge=8, le=131072, description="Tokens per sample after truncation."
     )
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for initialisation, sampling and noise.")
+    seed: int = Field(
+        42, ge=0, le=2**31 - 1, description="Seed for initialisation, sampling and noise."
+    )
 
 
 class PrivacyConfig(CamelModel):
@@ -123,12 +127,13 @@ class PiiConfig(CamelModel):
     enabled: bool = Field(True, description="Redact PII before tokenization.")
     entities: list[PiiEntity] = Field(
         default_factory=lambda: list(PII_ENTITIES),
-        description="Entity types to redact: EMAIL, PHONE, CN_ID, BANK_CARD, IBAN, IP_ADDRESS, US_SSN.",
+        description="Entity types to redact: EMAIL, PHONE, CN_ID, BANK_CARD, IBAN, IP_ADDRESS, "
+        "US_SSN.",
     )
     mode: Literal["mask", "pseudonymize"] = Field(
         "mask",
-        description="`mask` replaces a value with its type (`[PHONE]`); `pseudonymize` with a keyed "
-        "HMAC token that is stable within one job.",
+        description="`mask` replaces a value with its type (`[PHONE]`); `pseudonymize` "
+        "with a keyed HMAC token that is stable within one job.",
     )
 
 
@@ -136,7 +141,10 @@ class AuditConfig(CamelModel):
     """Memorization audit run after training."""
 
     canaries: int = Field(
-        0, ge=0, le=1000, description="Random secret canaries inserted into the training data (0: none)."
+        0,
+        ge=0,
+        le=1000,
+        description="Random secret canaries inserted into the training data (0: none).",
     )
     canary_repetitions: int = Field(
         1, ge=1, le=1000, description="How many times each canary is inserted."
@@ -148,7 +156,8 @@ class AuditConfig(CamelModel):
         0.6,
         ge=0.5,
         le=1,
-        description="Fail the audit when the loss-threshold membership-inference ROC AUC exceeds this.",
+        description="Fail the audit when the loss-threshold membership-inference ROC AUC exceeds "
+        "this.",
     )
     held_out_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of records held out as non-members for the audit."
