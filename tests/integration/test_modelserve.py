@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -210,12 +211,12 @@ def test_children_isolation_admission_status_and_cleanup(
 
     # Deletion removes every child.
     ns.kubectl("delete", "modelserve", name, "--wait=false")
+
+    def gone(kind: str, child: str) -> bool:
+        return ns.get_or_none(kind, child) is None
+
     for kind, tmpl in CHILDREN.items():
-        wait_for(
-            lambda k=kind, t=tmpl: ns.get_or_none(k, t.format(name)) is None,
-            timeout=60,
-            what=f"{kind} deleted",
-        )
+        wait_for(partial(gone, kind, tmpl.format(name)), timeout=60, what=f"{kind} gone")
     wait_for(
         lambda: not ns.get("pods", "-l", "sealtune.io/modelserve=" + name)["items"],
         what="pods gone",
@@ -229,9 +230,10 @@ def test_waits_for_finetunejob_then_rolls_out_each_new_result(
     prerequisites(ns)
     ns.apply(ms_manifest(name, replicas=1))
     st = wait_for(
-        lambda: condition(status(ns, name), "AdapterNotReady").get("reason")
-        == "FineTuneJobNotFound"
-        and status(ns, name),
+        lambda: (
+            condition(status(ns, name), "AdapterNotReady").get("reason") == "FineTuneJobNotFound"
+            and status(ns, name)
+        ),
         what="AdapterNotReady FineTuneJobNotFound",
     )
     assert st["phase"] == "Pending"
@@ -260,8 +262,10 @@ def test_waits_for_finetunejob_then_rolls_out_each_new_result(
     # the old adapter keeps serving; its new result rolls the Deployment.
     ns.kubectl("delete", "finetunejob", job, "--wait=true", "--timeout=60s")
     st = wait_for(
-        lambda: condition(status(ns, name), "AdapterNotReady").get("status") == "True"
-        and status(ns, name),
+        lambda: (
+            condition(status(ns, name), "AdapterNotReady").get("status") == "True"
+            and status(ns, name)
+        ),
         what="AdapterNotReady after the job was deleted",
     )
     assert st["phase"] == "Ready"
@@ -293,12 +297,15 @@ def test_adapter_not_ready_reasons(namespace: Namespace, operator: OperatorProce
     for job, (outcome, message, _, _) in cases.items():
         run_job(ns, job, message, outcome=outcome)
         ns.apply(ms_manifest(f"ms-{job}", adapter={"fineTuneJob": {"name": job}}))
+
+    def waiting_with(name: str, reason: str) -> dict[str, Any] | None:
+        current = status(ns, name)
+        return current if condition(current, "AdapterNotReady").get("reason") == reason else None
+
     for job, (_, _, reason, phase) in cases.items():
         name = f"ms-{job}"
         st = wait_for(
-            lambda n=name, r=reason: condition(status(ns, n), "AdapterNotReady").get("reason")
-            == r
-            and status(ns, n),
+            partial(waiting_with, name, reason),
             timeout=90,
             what=f"{name}: {reason}",
         )
@@ -396,6 +403,7 @@ def test_vllm_runtime_is_admitted_with_adapter_only_in_tmpfs(
     assert init["command"][:3] == ["sealtune", "adapter", "unpack"]
     vols = {v["name"]: v for v in spec["volumes"]}
     assert vols["adapter-plain"]["emptyDir"]["medium"] == "Memory"
+
     # The key is mounted only where the adapter is decrypted.
     def names(c: dict[str, Any]) -> set[str]:
         return {m["name"] for m in c["volumeMounts"]}
