@@ -445,3 +445,16 @@ def test_status_transitions_post_one_event_each_and_warn_on_trouble() -> None:
     # Condition lastTransitionTime only moves when the status flips.
     again = st.serve_status(degraded, 1, 2, deploy(1), at="later")
     assert st.condition(again, "Available") == st.condition(degraded, "Available")
+
+
+def test_image_model_source_mounts_a_digest_pinned_image_volume() -> None:
+    ref = "registry.local/models/llama@sha256:" + "a" * 64
+    body, spec = owner(model={"image": {"reference": ref, "path": "llama"}})
+    pod = pod_of(render.deployment(body, spec, ADAPTER, SETTINGS))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"] == {
+        "name": "model",
+        "image": {"reference": ref, "pullPolicy": "IfNotPresent"},
+    }
+    assert mounts(pod["containers"][0])["model"]["readOnly"] is True
+    assert render.serve_config(body, spec, ADAPTER).model_dir == "/models/llama"
