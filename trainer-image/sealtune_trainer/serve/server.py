@@ -16,6 +16,7 @@ from pathlib import Path
 from sealtune_trainer.serve.config import ServeConfig
 
 log = logging.getLogger("sealtune.serve")
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class StartupError(RuntimeError):
@@ -71,6 +72,8 @@ def serve(cfg: ServeConfig) -> int:
             port=cfg.port,
             ssl_certfile=str(cert),
             ssl_keyfile=str(key),
+            # TLS 1.2+ (Python's default floor) and, for 1.2, only forward-secret AEAD suites.
+            ssl_ciphers=TLS12_CIPHERS,
             timeout_graceful_shutdown=cfg.graceful_timeout_seconds,
             access_log=False,  # the audit log replaces it
             server_header=False,
