@@ -79,7 +79,7 @@ def scan_ciphertext_only(dirs: list[Path], markers: tuple[str, ...] = PLAINTEXT_
 
 
 def job_yaml(name: str, manifest: str, *, records: int, epochs: int, batch: int,
-             canaries: int, reps: int, epsilon: float) -> dict[str, Any]:
+             canaries: int, reps: int, epsilon: float, lr: float) -> dict[str, Any]:
     return {
         "apiVersion": "sealtune.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -93,7 +93,7 @@ def job_yaml(name: str, manifest: str, *, records: int, epochs: int, batch: int,
                                  "IP_ADDRESS", "US_SSN"], "mode": "mask"},
             "training": {"method": "lora", "rank": 8, "alpha": 16,
                          "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                         "epochs": epochs, "learningRate": 0.01, "batchSize": batch,
+                         "epochs": epochs, "learningRate": lr, "batchSize": batch,
                          "microBatchSize": 16, "maxSeqLength": 128, "seed": 42},
             "privacy": {"enabled": True, "targetEpsilon": epsilon, "delta": 1.0 / (records * 10),
                         "maxGradNorm": 1.0, "accountant": "prv"},
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epsilon", type=float, default=8.0)
+    ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--canaries", type=int, default=4)
     ap.add_argument("--canary-repetitions", type=int, default=4)
     args = ap.parse_args(argv)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     job = job_yaml("clinical-notes-demo", manifest, records=args.records, epochs=args.epochs,
                    batch=args.batch, canaries=args.canaries, reps=args.canary_repetitions,
-                   epsilon=args.epsilon)
+                   epsilon=args.epsilon, lr=args.lr)
     job_path = out / "finetunejob.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
     print(f"[3/4] sealtune train --config {job_path}")
