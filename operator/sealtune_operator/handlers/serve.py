@@ -327,5 +327,11 @@ def on_finetunejob_event(
                 continue
             ref = ((body.get("spec") or {}).get("adapter") or {}).get("fineTuneJob") or {}
             if ref.get("name") == name:
-                log.info("re-checking %s/%s after FineTuneJob %s changed", key[0], key[1], name)
-                reconcile(body, ms_finetunejobs, serve_deployments)
+                try:
+                    reconcile(body, ms_finetunejobs, serve_deployments)
+                except kopf.TemporaryError as exc:
+                    # Recorded in the ModelServe's status; the next event or a resume retries.
+                    log.warning("%s/%s not rolled out: %s", key[0], key[1], exc)
+                except Exception:
+                    metrics.ERRORS.labels(KIND, "unexpected").inc()
+                    log.exception("%s/%s: reconcile after a FineTuneJob change failed", *key)
