@@ -253,7 +253,8 @@ def test_vllm_runtime_decrypts_into_tmpfs_behind_the_same_front() -> None:
     assert not vllm.get("ports") and "readinessProbe" not in vllm
     env = {e["name"]: e["value"] for e in vllm["env"]}
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
-    assert env["VLLM_LOGGING_LEVEL"] == "WARNING"
+    assert env["VLLM_LOGGING_LEVEL"] == "WARNING" and env["USER"]
+    assert all(env[k].startswith(("/scratch", "/tmp")) for k in ("HOME", "VLLM_CACHE_ROOT"))
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
     # The front: same TLS/API-key server, proxy mode, the only port, no GPU.
     assert front["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]

@@ -337,6 +337,9 @@ def _vllm_containers(
             {"name": "VLLM_CACHE_ROOT", "value": f"{MOUNTS['scratch']}/vllm"},
             {"name": "XDG_CACHE_HOME", "value": f"{MOUNTS['scratch']}/cache"},
             {"name": "HF_HOME", "value": f"{MOUNTS['scratch']}/hf"},
+            # uid 65532 has no passwd entry in the vLLM image; getpass.getuser() (torch
+            # compile caches) falls back to $USER instead of failing.
+            {"name": "USER", "value": "sealtune"},
         ],
         "resources": _resources(spec, with_gpu=True),
         "volumeMounts": [
