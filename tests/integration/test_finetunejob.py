@@ -4,6 +4,7 @@ and the real operator process running under the Helm chart's ServiceAccount and 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -357,3 +358,68 @@ def test_operator_rbac_cannot_read_secrets(cluster: Any) -> None:
     assert can("delete", "secrets") == "yes"
     assert can("create", "jobs.batch") == "yes"
     assert can("patch", "finetunejobs.sealtune.io/status") == "yes"
+
+
+def test_no_workload_when_the_network_policy_cannot_be_created(
+    namespace: Namespace, operator: OperatorProcess, cluster: Any
+) -> None:
+    """Invariant 1: an admission policy refuses the NetworkPolicy; nothing else is created,
+    the status says why, and the job proceeds once the policy is lifted (retry, no spec edit)."""
+    ns = namespace
+    policy = f"deny-netpol-{ns.name}"
+    cluster.apply(
+        [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": policy},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {
+                        "resourceRules": [
+                            {
+                                "apiGroups": ["networking.k8s.io"],
+                                "apiVersions": ["v1"],
+                                "operations": ["CREATE"],
+                                "resources": ["networkpolicies"],
+                            }
+                        ]
+                    },
+                    "validations": [{"expression": "false", "message": "network policies frozen"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": policy},
+                "spec": {
+                    "policyName": policy,
+                    "validationActions": ["Deny"],
+                    "matchResources": {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": ns.name}
+                        }
+                    },
+                },
+            },
+        ]
+    )
+    try:
+        time.sleep(2)  # the policy is loaded asynchronously by the API server
+        _run_job(ns, "isolated")
+
+        def refused() -> Any:
+            cond = condition(status(ns, "isolated"), "NetworkIsolated")
+            return cond if cond.get("status") == "False" else None
+
+        cond = wait_for(refused, what="NetworkIsolated=False")
+        assert cond["reason"].startswith("NetworkPolicy"), cond
+        assert "network policies frozen" in cond["message"]
+        for kind in ("secret", "persistentvolumeclaim", "configmap", "serviceaccount", "job"):
+            assert ns.get_or_none(kind, CHILDREN[kind].format("isolated")) is None, kind
+        assert not ns.get("pods", "-l", "sealtune.io/finetunejob=isolated")["items"]
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
+        cluster.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
+    wait_for(lambda: ns.get_or_none("job", "isolated-trainer"), timeout=60, what="Job after retry")
+    assert condition(status(ns, "isolated"), "NetworkIsolated")["status"] == "True"

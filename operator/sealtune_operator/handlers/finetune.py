@@ -38,6 +38,7 @@ _done: dict[tuple[str, str], tuple[str, int]] = {}
 # Jobs whose reference checks failed, with the PVC names whose appearance re-checks them.
 _blocked: dict[tuple[str, str], set[str]] = {}
 RETRY_SECONDS = 15.0
+_retrying: set[tuple[str, str]] = set()
 log = logging.getLogger("sealtune.finetune")
 
 _settings: OperatorSettings = OperatorSettings.from_env()
@@ -255,7 +256,13 @@ def reconcile(
 def _schedule_retry(
     key: tuple[str, str], trainer_jobs: kopf.Index[Any, Any], claims: kopf.Index[Any, Any]
 ) -> None:
+    """One pending retry per job, with the newest spec when it fires."""
+    if key in _retrying:
+        return
+    _retrying.add(key)
+
     def retry() -> None:
+        _retrying.discard(key)
         body = kube.get_custom(PLURAL, *key)
         if body and not body["metadata"].get("deletionTimestamp"):
             reconcile(body, trainer_jobs, claims, force=True)
