@@ -15,7 +15,6 @@ reports requests/s and p50/p99 latency, and full/bare ratios. Target: <= 10% at 
     python benchmarks/serve_overhead.py [--requests 300] [--max-tokens 16]
 """
 
-
 import argparse
 import json
 import os
