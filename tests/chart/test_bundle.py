@@ -24,6 +24,7 @@ EXPECTED_FILES = {
     "chart/sealtune-0.1.0.tgz",
     "crds/kopf-peering.yaml",
     "crds/sealtune.io_finetunejobs.yaml",
+    "crds/sealtune.io_modelserves.yaml",
     "images.txt",
     "values-internal-registry.yaml",
     "sbom/sealtune-python.cdx.json",
@@ -141,6 +142,7 @@ def test_packaged_chart_with_bundle_values_runs_only_pinned_internal_images(
         names = set(tf.getnames())
     assert {
         "sealtune/crds/sealtune.io_finetunejobs.yaml",
+        "sealtune/crds/sealtune.io_modelserves.yaml",
         "sealtune/crds/kopf-peering.yaml",
         "sealtune/values.schema.json",
     } <= names
