@@ -11,7 +11,7 @@ export PIP_CACHE_DIR ?= $(SEALTUNE_CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration lint crds tools bench bundle clean
+.PHONY: venv demo test test-unit test-integration lint crds tools bench bench-dp bench-crypto bench-redact bench-serve bundle clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,8 +49,21 @@ lint: venv
 crds: venv
 	$(BIN)/python hack/gen_crds.py
 
+## Benchmarks print tables of ratios measured side by side in one run.
 bench: tools
 	$(BIN)/python benchmarks/operator_throughput.py
+
+bench-dp: venv
+	$(BIN)/python benchmarks/dp_overhead.py
+
+bench-crypto: venv
+	$(BIN)/python benchmarks/crypto_throughput.py --dir /dev/shm
+
+bench-redact: venv
+	$(BIN)/python benchmarks/redact_throughput.py
+
+bench-serve: venv
+	$(BIN)/python benchmarks/serve_overhead.py
 
 bundle: venv
 	bash hack/bundle.sh
