@@ -88,3 +88,24 @@ def test_without_dp_epsilon_is_infinite(tiny_model: Path, tmp_path: Path) -> Non
     assert summary["privacy"]["epsilon"] == "Infinity"
     assert summary["privacy"]["noiseMultiplier"] is None
     assert summary["steps"] == 3
+
+
+def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: Path) -> None:
+    """The trainer's adapter.tar.enc, decrypted in memory by `sealtune serve`'s loader,
+    reproduces the trained model's logits exactly."""
+    from sealtune_trainer.serve.adapter import apply_adapter, load_adapter
+
+    summary, cfg = dp_run["summary"], dp_run["cfg"]
+    state, config = load_adapter(Path(summary["adapter"]["path"]), Path(cfg.output_key_file))
+    assert config["r"] == cfg.training.rank
+    served = apply_adapter(load_base_model(tiny_model, cfg.training, "cpu"), state, config,
+                           merge=False)
+    trained = dp_run["model"]
+    trained.eval()
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90, 2]])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        got = served(input_ids=ids).logits
+        base = load_base_model(tiny_model, cfg.training, "cpu")(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert float((want - base).abs().max()) > 1e-4  # the adapter really changes the model
