@@ -109,3 +109,21 @@ def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: P
         base = load_base_model(tiny_model, cfg.training, "cpu")(input_ids=ids).logits
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert float((want - base).abs().max()) > 1e-4  # the adapter really changes the model
+
+
+def test_empty_poisson_draws_still_step_with_noise(tiny_model: Path) -> None:
+    tc = TrainingConfig(rank=2, batch_size=1, micro_batch_size=1, epochs=1, seed=3,
+                        target_modules=["q_proj"])
+    pc = PrivacyConfig(target_epsilon=8.0, delta=1e-3, accountant="rdp")
+    exs = [Example([1, *range(5, 12)], [-100, *range(5, 12)]) for _ in range(16)]
+    plan = make_plan(len(exs), tc, pc)
+    torch.manual_seed(0)
+    model = add_lora(load_base_model(tiny_model, tc, "cpu"), tc)
+    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0)
+    sizes: list[int] = []
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.run(lambda s: sizes.append(s.samples))
+    assert len(sizes) == plan.total_steps == 16
+    assert 0 in sizes  # P(empty draw) = (15/16)^16 ~ 0.36 per step
+    assert len(trainer.accountant.history) == 1 and trainer.accountant.history[0][2] == 16
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.params, strict=True))
