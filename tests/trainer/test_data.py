@@ -126,3 +126,18 @@ def test_held_out_split_is_seeded_and_disjoint() -> None:
     assert len(held) == 10 and len(train) == 40
     assert {r.text for r in train}.isdisjoint({r.text for r in held})
     assert [r.text for r in held] == [r.text for r in split_held_out(recs, 0.2, seed=1)[1]]
+
+
+def test_truncated_away_response_names_the_line(tiny_model: Path) -> None:
+    from sealtune_trainer.data import tokenize_records
+
+    tok = load_tokenizer(tiny_model)
+    raw = "\n".join([
+        json.dumps({"instruction": "short", "output": "ok"}),
+        "",
+        json.dumps({"instruction": "long " * 80 + SECRET, "output": "ok"}),
+    ]).encode()
+    recs = parse_records(raw, "alpaca")
+    with pytest.raises(DatasetFormatError, match=r"line 3: no response tokens.*=32") as info:
+        tokenize_records(tok, recs, 32)
+    assert "Zhang" not in str(info.value)

@@ -42,14 +42,16 @@ class Record:
     messages: list[dict[str, str]] = field(default_factory=list)
     text: str | None = None
     is_canary: bool = False
+    where: str = ""  # position in the dataset file ("line 12", "record index 3")
 
     def map_text(self, fn: Callable[[str], str]) -> Record:
         """Apply `fn` to every piece of text (used for redaction)."""
         if self.text is not None:
-            return Record(text=fn(self.text), is_canary=self.is_canary)
+            return Record(text=fn(self.text), is_canary=self.is_canary, where=self.where)
         return Record(
             messages=[{"role": m["role"], "content": fn(m["content"])} for m in self.messages],
             is_canary=self.is_canary,
+            where=self.where,
         )
 
 
@@ -76,15 +78,17 @@ def parse_records(raw: bytes, fmt: DatasetFormat) -> list[Record]:
         text = text[1:]
     if fmt == "text":
         return [
-            Record(text=line)
-            for line in (ln.rstrip("\r") for ln in text.split("\n"))
+            Record(text=line, where=f"line {lineno}")
+            for lineno, line in enumerate((ln.rstrip("\r") for ln in text.split("\n")), 1)
             if line.strip()
         ]
     items = list(_json_items(text))
     parse_one = _parse_alpaca if fmt == "alpaca" else _parse_sharegpt
     records: list[Record] = []
     for where, obj in items:
-        records.append(parse_one(obj, where))
+        record = parse_one(obj, where)
+        record.where = where
+        records.append(record)
     if not records:
         raise DatasetFormatError("dataset contains no records")
     return records
@@ -342,8 +346,9 @@ def tokenize_records(tokenizer: Any, records: Sequence[Record], max_length: int)
     for index, record in enumerate(records):
         ex = tokenize_record(tokenizer, record, max_length)
         if all(lab == IGNORE_INDEX for lab in ex.labels[1:]):
+            where = record.where or f"record index {index}"
             raise DatasetFormatError(
-                f"record index {index}: no response tokens left within maxSeqLength={max_length}"
+                f"{where}: no response tokens left within maxSeqLength={max_length}"
             )
         out.append(ex)
     return out
