@@ -23,7 +23,10 @@ TARGET = 3.0
 @pytest.fixture(scope="module")
 def dp_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("dprun")
-    cfg = make_job(root, tiny_model, n_records=96,
+    # A regular task (one answer style) so that a 12-step DP run moves the loss clearly.
+    records = [{"instruction": f"Summarize note {i} for the ward.",
+                "output": "Stable, rest and water, follow up in clinic."} for i in range(96)]
+    cfg = make_job(root, tiny_model, records,
                    training={"epochs": 2, "batchSize": 16, "learningRate": 0.02},
                    privacy={"targetEpsilon": TARGET, "delta": 1e-3})
     result = run_job(cfg, device="cpu")
@@ -52,7 +55,7 @@ def test_loss_goes_down(dp_run: dict, tiny_model: Path) -> None:
     base = load_base_model(tiny_model, cfg.training, "cpu")
     before = sum(example_losses(base, exs, tok.pad_token_id, "cpu")) / len(exs)
     after = sum(example_losses(dp_run["model"], exs, tok.pad_token_id, "cpu")) / len(exs)
-    assert after < before - 0.05, (before, after)
+    assert after < before - 0.1, (before, after)  # measured: 6.30 -> 6.12
 
 
 def test_rdp_calibration_within_five_percent() -> None:
