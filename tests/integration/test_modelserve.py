@@ -422,3 +422,83 @@ def test_vllm_runtime_is_admitted_with_adapter_only_in_tmpfs(
     config = json.loads(ns.get("configmap", f"{name}-serve-config")["data"]["serve.json"])
     assert config["upstreamUrl"] == "http://127.0.0.1:8000"
     assert config["upstreamModel"] == "clinical-notes-v1"
+
+
+def test_no_workload_when_the_network_policy_cannot_be_created(
+    namespace: Namespace, operator: OperatorProcess, cluster: LocalCluster
+) -> None:
+    """Invariant 1: with the NetworkPolicy refused by admission nothing else is created and
+    the status says why; once the policy is lifted, Kopf's retry rolls out (no spec edit)."""
+    ns, name = namespace, "isolated"
+    prerequisites(ns)
+    policy = f"deny-netpol-{ns.name}"
+    rules = [
+        {
+            "apiGroups": ["networking.k8s.io"],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["networkpolicies"],
+        }
+    ]
+    cluster.apply(
+        [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": policy},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": rules},
+                    "validations": [{"expression": "false", "message": "network policies frozen"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": policy},
+                "spec": {
+                    "policyName": policy,
+                    "validationActions": ["Deny"],
+                    "matchResources": {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": ns.name}
+                        }
+                    },
+                },
+            },
+        ]
+    )
+    try:
+        # The policy is loaded asynchronously: probe it before the operator meets it.
+        probe = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "probe", "namespace": ns.name},
+            "spec": {"podSelector": {}},
+        }
+
+        def frozen() -> bool:
+            proc = ns.kubectl("create", "-f", "-", input=json.dumps(probe), check=False)
+            if proc.returncode == 0:
+                ns.kubectl("delete", "networkpolicy", "probe")
+            return "frozen" in proc.stderr
+
+        wait_for(frozen, what="admission policy active")
+        ns.apply(ms_manifest(name, adapter=PVC_ADAPTER, replicas=1))
+
+        def refused() -> dict[str, Any] | None:
+            cond = condition(status(ns, name), "NetworkIsolated")
+            return cond if cond.get("status") == "False" else None
+
+        cond = wait_for(refused, what="NetworkIsolated=False")
+        assert cond["reason"].startswith("NetworkPolicy"), cond
+        assert "network policies frozen" in cond["message"]
+        for kind, tmpl in CHILDREN.items():
+            assert ns.get_or_none(kind, tmpl.format(name)) is None, kind
+        assert not ns.get("pods", "-l", "sealtune.io/modelserve=" + name)["items"]
+        assert event_reasons(ns, name).get(cond["reason"]) == "Warning"
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
+        cluster.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
+    wait_for(lambda: phase_is(ns, name, "Ready", 1), timeout=60, what="Ready after retry")
+    assert condition(status(ns, name), "NetworkIsolated")["status"] == "True"
