@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
            "--summary-out", str(summary_path), "--quiet", "--device", "cpu"]
     env = dict(os.environ)
     env.setdefault("SEALTUNE_CPU_THREADS", "1")  # a tiny model: one thread is fastest
+    package_root = str(Path(__file__).resolve().parents[1])  # works without an install too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         print(f"training failed (exit {proc.returncode})", file=sys.stderr)
