@@ -196,6 +196,16 @@ class ServeResources(CamelModel):
 class ModelServeSpec(CamelModel):
     """Desired state of a TLS-only, API-key-protected inference service for an adapter."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "!has(self.runtime) || self.runtime != 'vllm' || "
+                "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus >= 1)",
+                "message": "runtime vllm needs resources.gpus >= 1",
+            }
+        )
+    )
+
     model: ModelSource = Field(description="Base model the adapter was trained on.")
     adapter: AdapterSource = Field(description="The encrypted LoRA adapter to serve.")
     model_name: str | None = Field(

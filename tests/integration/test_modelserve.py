@@ -363,6 +363,11 @@ INVALID = [
         "exactly one of pvc or image",
     ),
     (
+        "vllm without GPU",
+        _invalid(runtime="vllm", resources={"cpu": "4"}),
+        "runtime vllm needs resources.gpus >= 1",
+    ),
+    (
         "prompts without audit",
         _invalid(auditLogging={"enabled": False, "logPrompts": True}),
         "logPrompts needs",
