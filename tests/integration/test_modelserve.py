@@ -185,6 +185,9 @@ def test_children_isolation_admission_status_and_cleanup(
         lambda: (r := event_reasons(ns, name)) and "ReplicasReady" in r and r, what="events"
     )
     assert {"IngressRestricted", "Applied", "PhaseReady"} <= set(reasons), reasons
+    metrics = operator.metrics()
+    assert 'sealtune_serves{phase="Ready"}' in metrics
+    assert 'sealtune_reconciles_total{kind="ModelServe",result="applied"}' in metrics
     table = ns.kubectl("get", "ms", name).stdout
     assert "ENDPOINT" in table and "Ready" in table and f"{name}.{ns.name}.svc:8443" in table
     # Invariant 8: the user's spec and annotations are untouched.
