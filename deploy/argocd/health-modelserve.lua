@@ -36,7 +36,7 @@ local audit = condition(st, "AuditPassed")
 local auditFailed = condition(st, "AuditFailed")
 if st.phase == "Failed" or is_true(failed) then
   hs.status = "Degraded"
-  hs.message = text(failed, "ModelServe failed")
+  hs.message = text(failed or condition(st, "AdapterNotReady"), "ModelServe failed")
   return hs
 end
 if is_true(auditFailed) or (audit ~= nil and audit.status == "False" and audit.reason == "AuditFailed") then
@@ -46,7 +46,7 @@ if is_true(auditFailed) or (audit ~= nil and audit.status == "False" and audit.r
 end
 if st.phase == "Degraded" then
   hs.status = "Degraded"
-  hs.message = text(condition(st, "Ready"), "ModelServe degraded")
+  hs.message = text(condition(st, "Available") or condition(st, "Ready"), "ModelServe degraded")
   return hs
 end
 

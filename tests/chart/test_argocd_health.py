@@ -276,6 +276,39 @@ FTJ_CASES: list[tuple[str, dict[str, Any], str, str]] = [
 
 MS_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("no-status", obj("ModelServe", None), "Progressing", "operator"),
+    # The conditions the operator really writes (status_serve.py).
+    (
+        "operator-audit-failed",
+        obj(
+            "ModelServe",
+            {
+                "phase": "Failed",
+                "observedGeneration": 1,
+                "conditions": [
+                    cond("AdapterNotReady", "True", "AuditFailed", "job ftj1 failed its audit")
+                ],
+            },
+        ),
+        "Degraded",
+        "failed its audit",
+    ),
+    (
+        "operator-degraded",
+        obj(
+            "ModelServe",
+            {
+                "phase": "Degraded",
+                "observedGeneration": 1,
+                "readyReplicas": 1,
+                "conditions": [
+                    cond("AdapterNotReady", "False", "AdapterReady"),
+                    cond("Available", "False", "ReplicasUnavailable", "1 of 2 replicas ready"),
+                ],
+            },
+        ),
+        "Degraded",
+        "1 of 2 replicas ready",
+    ),
     (
         "ready",
         obj(
