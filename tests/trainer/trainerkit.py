@@ -45,15 +45,20 @@ def make_job(
     interval: int = 1000,
     n_records: int = 64,
     manifest: str | None = None,
+    raw: bytes | None = None,
 ) -> TrainerConfig:
     """Keys, an encrypted dataset and a TrainerConfig under `root` (also saved as config.json)."""
     keys = root / "keys"
     data_key = write_key(keys / "dataset" / "key")
     write_key(keys / "output" / "key")
     write_key(keys / "checkpoint" / "key")
-    if records is None:
-        records = make_patient_notes(n_records, seed=3)
-    encrypt_records(root / "data" / "train.enc", records, data_key)
+    if raw is not None:  # a dataset file given verbatim (e.g. plain text)
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        write_encrypted_bytes(root / "data" / "train.enc", raw, data_key.read_bytes())
+    else:
+        if records is None:
+            records = make_patient_notes(n_records, seed=3)
+        encrypt_records(root / "data" / "train.enc", records, data_key)
     train = {"rank": 4, "alpha": 8, "epochs": 1, "learningRate": 0.01, "batchSize": 16,
              "microBatchSize": 16, "maxSeqLength": 160, "seed": 7}
     train.update(training or {})
