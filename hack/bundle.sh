@@ -86,7 +86,7 @@ def resolve(ref: str) -> str | None:
 
 
 lines, pinned, missing = [], {"global": {"imageRegistry": internal}}, []
-for key in ("image", "trainerImage", "serveImage"):
+for key in ("image", "trainerImage", "serveImage", "vllmImage"):
     img = values[key]
     tag = str(img.get("tag") or chart["appVersion"])
     source = f"{img['registry']}/{img['repository']}:{tag}" if img["registry"] else \

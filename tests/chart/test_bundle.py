@@ -19,6 +19,7 @@ from tests.chart.chartlib import CHART, REPO, load_all, run_helm
 INTERNAL = "mirror.bank.internal:5000"
 OPERATOR_DIGEST = "sha256:" + "1" * 64
 TRAINER_DIGEST = "sha256:" + "2" * 64
+VLLM_DIGEST = "sha256:" + "3" * 64
 EXPECTED_FILES = {
     "SHA256SUMS",
     "chart/sealtune-0.1.0.tgz",
@@ -65,7 +66,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out,
         "# from the image build\n"
         f"sealtune/sealtune-operator {OPERATOR_DIGEST}\n"
-        f"sealtune/sealtune-trainer {TRAINER_DIGEST}\n",
+        f"sealtune/sealtune-trainer {TRAINER_DIGEST}\n"
+        f"vllm/vllm-openai {VLLM_DIGEST}\n",
     )
     assert proc.returncode == 0, proc.stderr
     tarball = Path(proc.stdout.strip().splitlines()[-1])
@@ -113,6 +115,10 @@ def test_image_list_is_pinned_and_mirrors_into_the_internal_registry(bundle: Pat
             f"ghcr.io/sealtune/sealtune-trainer:0.1.0@{TRAINER_DIGEST}",
             f"{INTERNAL}/sealtune/sealtune-trainer:0.1.0",
         ],
+        [
+            f"docker.io/vllm/vllm-openai:v0.11.0@{VLLM_DIGEST}",
+            f"{INTERNAL}/vllm/vllm-openai:v0.11.0",
+        ],
     ]
 
 
@@ -137,6 +143,7 @@ def test_packaged_chart_with_bundle_values_runs_only_pinned_internal_images(
         f"{INTERNAL}/sealtune/sealtune-trainer:0.1.0@{TRAINER_DIGEST}"
     )
     assert env["SEALTUNE_SERVE_IMAGE"] == env["SEALTUNE_TRAINER_IMAGE"]
+    assert env["SEALTUNE_VLLM_IMAGE"] == f"{INTERNAL}/vllm/vllm-openai:v0.11.0@{VLLM_DIGEST}"
     # The packaged chart carries the CRDs and the schema.
     with tarfile.open(chart) as tf:
         names = set(tf.getnames())

@@ -41,7 +41,11 @@ def all_images(docs: list[dict[str, Any]]) -> list[str]:
         for c in d["spec"]["template"]["spec"]["containers"]:
             images.append(c["image"])
             env = env_of(c)
-            images += [env["SEALTUNE_TRAINER_IMAGE"], env["SEALTUNE_SERVE_IMAGE"]]
+            images += [
+                env["SEALTUNE_TRAINER_IMAGE"],
+                env["SEALTUNE_SERVE_IMAGE"],
+                env["SEALTUNE_VLLM_IMAGE"],
+            ]
     return images
 
 
@@ -101,6 +105,7 @@ def test_default_images_use_app_version(render: Render) -> None:
         f"ghcr.io/sealtune/sealtune-operator:{APP_VERSION}",
         f"ghcr.io/sealtune/sealtune-trainer:{APP_VERSION}",
         f"ghcr.io/sealtune/sealtune-trainer:{APP_VERSION}",
+        "docker.io/vllm/vllm-openai:v0.11.0",
     ]
     assert "--all-namespaces" in operator_container(render())["args"]
 
@@ -108,7 +113,7 @@ def test_default_images_use_app_version(render: Render) -> None:
 def test_internal_registry_rewrites_and_pins_every_image(render: Render) -> None:
     docs = render("internal-registry")
     images = all_images(docs)
-    assert len(images) == 3
+    assert len(images) == 4
     for img in images:
         assert img.startswith(INTERNAL), img
         assert "@sha256:" in img and len(img.split("@sha256:")[1]) == 64, img
@@ -121,7 +126,7 @@ def test_internal_registry_rewrites_and_pins_every_image(render: Render) -> None
     assert env["SEALTUNE_IMAGE_PULL_SECRETS"] == "internal-registry"
     # No image anywhere in the rendered text escapes the internal registry.
     text = yaml.safe_dump_all(docs)
-    assert "ghcr.io" not in text
+    assert "ghcr.io" not in text and "docker.io" not in text
 
 
 def test_digest_without_tag_and_registry_override_per_image(render: Render) -> None:

@@ -39,5 +39,7 @@
   value: {{ join "," .Values.workloadImagePullSecrets | quote }}
 - name: SEALTUNE_SERVE_IMAGE
   value: {{ include "sealtune.image" (dict "image" .Values.serveImage "root" .) | quote }}
+- name: SEALTUNE_VLLM_IMAGE
+  value: {{ include "sealtune.image" (dict "image" .Values.vllmImage "root" .) | quote }}
 {{- end }}
 
