@@ -353,6 +353,10 @@ class LocalCluster:
                 "200",
                 "--kube-api-burst",
                 "400",
+                # KWOK heartbeats node status every 20-45 s; with the default grace period
+                # the node lifecycle controller flaps nodes NotReady and pods un-Ready.
+                "--node-monitor-grace-period",
+                "1h",
                 "--concurrent-job-syncs",
                 "20",
                 "--concurrent-gc-syncs",
