@@ -91,28 +91,12 @@ def apply(manifest: Manifest) -> None:
     )
 
 
-def replace_spec(manifest: Manifest) -> None:
-    """Merge-patch an existing child to the rendered manifest (used for mutable children)."""
-    meta = manifest["metadata"]
-    _method(manifest["kind"], "patch")(meta["name"], meta["namespace"], manifest)
-
-
 def delete(kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
     """Delete if present; False when it was already gone."""
     try:
         _method(kind, "delete")(
             name, namespace, body=kubernetes.client.V1DeleteOptions(propagation_policy=propagation)
         )
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
-def pvc_exists(namespace: str, name: str) -> bool:
-    try:
-        _apis()["core"].read_namespaced_persistent_volume_claim(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return False

@@ -18,6 +18,7 @@ from sealtune_operator.models import FineTuneJobSpec
 from sealtune_operator.models_serve import ModelServeSpec
 from sealtune_operator.render.serve import AdapterRef
 from sealtune_operator.status import now, set_condition
+from sealtune_operator.status import setup_status as _setup_status
 
 Manifest = dict[str, Any]
 
@@ -174,20 +175,10 @@ def setup_status(
     at: str | None = None,
 ) -> Manifest:
     """Record one setup step (NetworkIsolated, ResourcesReady, AdapterNotReady)."""
-    at = at or now()
     # AdapterNotReady is the one condition whose "good" state is False.
-    value = (
-        ("False" if ok else "True") if ctype == "AdapterNotReady" else ("True" if ok else "False")
-    )
-    conds = set_condition(
-        list(current.get("conditions") or []), ctype, value, reason, message, generation, at
-    )
-    return {
-        **current,
-        "observedGeneration": generation,
-        "conditions": _sorted(conds),
-        "phase": current.get("phase") or "Pending",
-    }
+    true = ok != (ctype == "AdapterNotReady")
+    out = _setup_status(current, generation, ctype, true, reason, message, at)
+    return {**out, "conditions": _sorted(out["conditions"])}
 
 
 def serve_status(

@@ -55,7 +55,7 @@ def configure(settings: OperatorSettings) -> None:
 @kopf.index(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 def ftj_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """FineTuneJobs by (namespace, name): what child events need to compute status."""
-    return {(namespace, name): {"body": dict(body), "uid": body["metadata"].get("uid")}}
+    return {(namespace, name): {"body": dict(body)}}
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILD_FILTER)  # type: ignore[arg-type]
