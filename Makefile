@@ -13,10 +13,10 @@ PYTEST_ARGS ?=
 
 .PHONY: venv demo test test-unit test-integration lint crds tools bench bench-dp bench-crypto bench-redact bench-serve bundle clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml devkit/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[operator,trainer,dev]"
+	$(BIN)/pip install --quiet -e ".[operator,trainer,dev]" -e ./devkit
 	touch $@
 
 venv: $(BIN)/.installed
@@ -43,7 +43,8 @@ test-integration: tools
 	$(BIN)/python -m pytest -p no:cacheprovider -m integration $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check operator trainer-image tests benchmarks hack
+	$(BIN)/ruff format --check api operator trainer-image devkit tests benchmarks hack
+	$(BIN)/ruff check api operator trainer-image devkit tests benchmarks hack
 	$(BIN)/mypy
 
 crds: venv

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer-image"))
+for _d in ("api", "trainer-image", "devkit"):
+    sys.path.insert(0, str(ROOT / _d))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 

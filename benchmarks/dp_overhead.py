@@ -28,17 +28,34 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer-image"))
+for _d in ("api", "trainer-image", "devkit"):
+    sys.path.insert(0, str(ROOT / _d))
 
 MODES = ("nodp", "lora", "hooks", "ghost")
 
 
 def model_shape(device: str, args: argparse.Namespace) -> dict[str, int]:
     if device == "cuda":
-        return dict(hidden=2048, layers=22, heads=32, kv_heads=4, inter=5632, vocab=32000,
-                    seq=args.seq or 512, batch=args.batch or 8)
-    return dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=2048,
-                seq=args.seq or 128, batch=args.batch or 8)
+        return dict(
+            hidden=2048,
+            layers=22,
+            heads=32,
+            kv_heads=4,
+            inter=5632,
+            vocab=32000,
+            seq=args.seq or 512,
+            batch=args.batch or 8,
+        )
+    return dict(
+        hidden=256,
+        layers=4,
+        heads=4,
+        kv_heads=4,
+        inter=688,
+        vocab=2048,
+        seq=args.seq or 128,
+        batch=args.batch or 8,
+    )
 
 
 def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any:
@@ -54,18 +71,30 @@ def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any
     if device == "cpu":
         torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     cfg = LlamaConfig(
-        vocab_size=shape["vocab"], hidden_size=shape["hidden"],
-        intermediate_size=shape["inter"], num_hidden_layers=shape["layers"],
-        num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-        max_position_embeddings=max(1024, shape["seq"]), tie_word_embeddings=False,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["inter"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
+        max_position_embeddings=max(1024, shape["seq"]),
+        tie_word_embeddings=False,
     )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     base: Any = LlamaForCausalLM(cfg)
     base = base.to(device=device, dtype=dtype)
     base.config.use_cache = False
-    model: Any = get_peft_model(base, LoraConfig(
-        r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+    model: Any = get_peft_model(
+        base,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()  # LoRA weights and their optimizer state in fp32
@@ -79,12 +108,16 @@ def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any
     C = 1.0
 
     def per_sample(logits: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        tok = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                              lab[:, 1:].reshape(-1), reduction="none")
+        tok = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            lab[:, 1:].reshape(-1),
+            reduction="none",
+        )
         return tok.view(lab.shape[0], -1).mean(dim=1)
 
     chunks = [slice(i, min(i + micro, b)) for i in range(0, b, micro)]
     if mode == "nodp":
+
         def step() -> None:
             for sl in chunks:
                 out = model(input_ids=ids[sl], attention_mask=mask[sl]).logits
@@ -97,9 +130,11 @@ def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any
             dp.enable_lora_per_sample_grads(model)
         else:
             from opacus import GradSampleModule
+
             fwd = GradSampleModule(model, loss_reduction="sum")
-        dpo = dp.make_dp_optimizer(opt, noise_multiplier=1.0, max_grad_norm=C,
-                                   expected_batch_size=b, generator=None)
+        dpo = dp.make_dp_optimizer(
+            opt, noise_multiplier=1.0, max_grad_norm=C, expected_batch_size=b, generator=None
+        )
 
         def step() -> None:
             for i, sl in enumerate(chunks):
@@ -114,18 +149,24 @@ def build_mode(mode: str, device: str, shape: dict[str, int], micro: int) -> Any
         from opacus.optimizers import DPOptimizerFastGradientClipping
         from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
-        gm = GradSampleModuleFastGradientClipping(model, max_grad_norm=C, use_ghost_clipping=True,
-                                                  loss_reduction="mean")
-        gopt = DPOptimizerFastGradientClipping(opt, noise_multiplier=1.0, max_grad_norm=C,
-                                               expected_batch_size=b, loss_reduction="mean")
-        crit = DPLossFastGradientClipping(gm, gopt, torch.nn.CrossEntropyLoss(reduction="mean"),
-                                          loss_reduction="mean")
+        gm = GradSampleModuleFastGradientClipping(
+            model, max_grad_norm=C, use_ghost_clipping=True, loss_reduction="mean"
+        )
+        gopt = DPOptimizerFastGradientClipping(
+            opt, noise_multiplier=1.0, max_grad_norm=C, expected_batch_size=b, loss_reduction="mean"
+        )
+        crit = DPLossFastGradientClipping(
+            gm, gopt, torch.nn.CrossEntropyLoss(reduction="mean"), loss_reduction="mean"
+        )
 
         def step() -> None:
             for i, sl in enumerate(chunks):
                 out = gm(input_ids=ids[sl], attention_mask=mask[sl]).logits[:, :-1].float()
-                loss = crit(out.reshape(-1, out.shape[-1]), labels[sl][:, 1:].reshape(-1),
-                            shape=(out.shape[0], out.shape[1]))
+                loss = crit(
+                    out.reshape(-1, out.shape[-1]),
+                    labels[sl][:, 1:].reshape(-1),
+                    shape=(out.shape[0], out.shape[1]),
+                )
                 loss.backward()
                 if i < len(chunks) - 1:
                     gopt.signal_skip_step(do_skip=True)
@@ -158,7 +199,8 @@ def measure_memory(mode: str, device: str, shape: dict[str, int], micro: int) ->
         step()
     _sync(device)
     res: dict[str, Any] = {
-        "mode": mode, "params": n_params,
+        "mode": mode,
+        "params": n_params,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_mib": rss0 / 1024,
     }
@@ -168,8 +210,9 @@ def measure_memory(mode: str, device: str, shape: dict[str, int], micro: int) ->
     return res
 
 
-def measure_time(modes: list[str], device: str, shape: dict[str, int], micro: int,
-                 steps: int, warmup: int) -> dict[str, float]:
+def measure_time(
+    modes: list[str], device: str, shape: dict[str, int], micro: int, steps: int, warmup: int
+) -> dict[str, float]:
     """Median step time per mode, steps interleaved round-robin so load noise hits all alike."""
     fns = {m: build_mode(m, device, shape, micro)[0] for m in modes}
     for _ in range(warmup):
@@ -211,28 +254,49 @@ def main() -> int:
     micro = args.micro or shape["batch"]
     modes = args.modes.split(",")
     if args.child.startswith("time-"):
-        one = args.child[len("time-"):]
-        print("RESULT " + json.dumps(measure_time([one], args.device, shape, micro,
-                                                  args.steps, args.warmup)))
+        one = args.child[len("time-") :]
+        print(
+            "RESULT "
+            + json.dumps(measure_time([one], args.device, shape, micro, args.steps, args.warmup))
+        )
         return 0
     if args.child == "time":
-        print("RESULT " + json.dumps(measure_time(modes, args.device, shape, micro,
-                                                  args.steps, args.warmup)))
+        print(
+            "RESULT "
+            + json.dumps(measure_time(modes, args.device, shape, micro, args.steps, args.warmup))
+        )
         return 0
     if args.child:
         print("RESULT " + json.dumps(measure_memory(args.child, args.device, shape, micro)))
         return 0
 
     def child(what: str) -> dict[str, Any]:
-        cmd = [sys.executable, __file__, "--child", what, "--device", args.device,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--modes", args.modes,
-               "--seq", str(shape["seq"]), "--batch", str(shape["batch"]), "--micro", str(micro)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            what,
+            "--device",
+            args.device,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--modes",
+            args.modes,
+            "--seq",
+            str(shape["seq"]),
+            "--batch",
+            str(shape["batch"]),
+            "--micro",
+            str(micro),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             err = (proc.stderr.strip().splitlines() or ["?"])[-1]
             return {"error": err[:300]}
-        return dict(json.loads(line[0][len("RESULT "):]))
+        return dict(json.loads(line[0][len("RESULT ") :]))
 
     results: dict[str, dict[str, Any]] = {m: child(m) for m in modes}
     timing = child("time") if args.device == "cpu" else {}
@@ -247,15 +311,18 @@ def main() -> int:
             results[m]["wall_s"] = timing[m]
             # On a shared CPU box wall time swings with other tenants' load; the process CPU
             # time of a 1-thread run is the stable measure, so ratios use it on CPU.
-            results[m]["step_s"] = timing.get(m + ":cpu", timing[m]) if args.device == "cpu" \
-                else timing[m]
+            results[m]["step_s"] = (
+                timing.get(m + ":cpu", timing[m]) if args.device == "cpu" else timing[m]
+            )
             results[m]["tokens_per_s"] = shape["batch"] * shape["seq"] / results[m]["step_s"]
     ref = results.get("nodp", {})
     mem_key = "peak_gpu_mib" if args.device == "cuda" else "peak_rss_mib"
     print(f"device={args.device} shape={shape} micro={micro} steps={args.steps}")
     what = "cpu_s" if args.device == "cpu" else "step_s"
-    print(f"{'mode':6} {what:>8} {'wall_s':>8} {'tok/s':>9} {'peak_mem_MiB':>13} "
-          f"{'time_x':>7} {'mem_x':>6} {'step_mem_MiB':>13} {'step_mem_x':>10}")
+    print(
+        f"{'mode':6} {what:>8} {'wall_s':>8} {'tok/s':>9} {'peak_mem_MiB':>13} "
+        f"{'time_x':>7} {'mem_x':>6} {'step_mem_MiB':>13} {'step_mem_x':>10}"
+    )
     for mode, r in results.items():
         if "error" in r:
             print(f"{mode:6} ERROR {r['error']}")
@@ -266,8 +333,10 @@ def main() -> int:
         base_key = "base_gpu_mib" if args.device == "cuda" else "rss_before_mib"
         dm = r[mem_key] - r.get(base_key, 0.0)
         dref = ref[mem_key] - ref.get(base_key, 0.0) if mem_key in ref else float("nan")
-        print(f"{mode:6} {r['step_s']:8.4f} {r['wall_s']:8.4f} {r['tokens_per_s']:9.0f} "
-              f"{r[mem_key]:13.1f} {tx:7.3f} {mx:6.3f} {dm:13.1f} {dm / dref:10.3f}")
+        print(
+            f"{mode:6} {r['step_s']:8.4f} {r['wall_s']:8.4f} {r['tokens_per_s']:9.0f} "
+            f"{r[mem_key]:13.1f} {tx:7.3f} {mx:6.3f} {dm:13.1f} {dm / dref:10.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"shape": shape, "results": results}, indent=2))
     return 0

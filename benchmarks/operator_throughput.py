@@ -34,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sealtune_operator.testing.cluster import LocalCluster, free_port  # noqa: E402
+from sealtune_devkit.cluster import LocalCluster, free_port  # noqa: E402
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE"}
 _LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")

@@ -1,6 +1,6 @@
 """PII redaction: throughput on one core and recall/precision on the labelled corpus.
 
-Texts (all generated, seeded, by `sealtune_trainer.pii_corpus`):
+Texts (all generated, seeded, by `sealtune_devkit.pii_corpus`):
   * notes:  clinical-note-like prose with about 1 PII value per KiB (the realistic case);
   * dense:  the labelled corpus itself, about one PII value per 130 bytes and a digit in every
             fourth byte (the worst case for a validating scanner);
@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer-image"))
+for _d in ("api", "trainer-image", "devkit"):
+    sys.path.insert(0, str(ROOT / _d))
 
-from sealtune_trainer import pii_corpus  # noqa: E402
-from sealtune_trainer.config import PII_ENTITIES  # noqa: E402
+from sealtune_api.trainer_config import PII_ENTITIES  # noqa: E402
+from sealtune_devkit import pii_corpus  # noqa: E402
 from sealtune_trainer.redact import Redactor, Span  # noqa: E402
 
 # Presidio entity -> ours

@@ -47,11 +47,11 @@ def _assets(root: Path, threads: int) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from sealtune_devkit.devtls import write_self_signed_tls
+    from sealtune_devkit.tinymodel import make_tiny_llama
     from sealtune_trainer import crypto
     from sealtune_trainer.output import write_encrypted_adapter
     from sealtune_trainer.serve.apikeys import create_key
-    from sealtune_trainer.serve.devtls import write_self_signed_tls
-    from sealtune_trainer.tinymodel import make_tiny_llama
 
     torch.set_num_threads(threads)
     model_dir = make_tiny_llama(root / "models", seed=0)
@@ -95,7 +95,7 @@ def bare_server(config_path: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI, Request
 
-    from sealtune_trainer.serve.config import ServeConfig
+    from sealtune_api.serve_config import ServeConfig
     from sealtune_trainer.serve.engine import Engine, SamplingParams
 
     cfg = ServeConfig.load(config_path)

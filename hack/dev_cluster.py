@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from sealtune_operator.testing.cluster import REPO, LocalCluster
+from sealtune_devkit.cluster import REPO, LocalCluster
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sealtune_operator.crdgen import rendered_files
+from sealtune_api.crdgen import rendered_files
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = [ROOT / "crds", ROOT / "charts" / "sealtune" / "crds"]

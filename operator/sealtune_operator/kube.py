@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from sealtune_operator.models import GROUP, VERSION
+from sealtune_api.finetunejob import GROUP, VERSION
 
 Manifest = dict[str, Any]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sealtune_operator.models import FineTuneJobSpec
-from sealtune_operator.models_serve import ModelServeSpec
+from sealtune_api.finetunejob import FineTuneJobSpec
+from sealtune_api.modelserve import ModelServeSpec
 from sealtune_operator.render.serve import AdapterRef
 from sealtune_operator.status import now, set_condition
 from sealtune_operator.status import setup_status as _setup_status

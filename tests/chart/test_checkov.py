@@ -34,7 +34,7 @@ def documented_exceptions() -> set[tuple[str, str, str]]:
 
 def workload_manifests() -> list[dict[str, Any]]:
     """What the operator creates for the example FineTuneJob (pure render layer)."""
-    from sealtune_operator.models import FineTuneJobSpec
+    from sealtune_api.finetunejob import FineTuneJobSpec
     from sealtune_operator.render import finetune
     from sealtune_operator.settings import OperatorSettings
 

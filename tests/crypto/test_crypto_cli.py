@@ -180,7 +180,7 @@ def test_cli_start_imports_no_heavy_modules() -> None:
 
 
 def test_cli_entity_list_matches_config() -> None:
+    from sealtune_api.trainer_config import PII_ENTITIES
     from sealtune_trainer import cli_crypto
-    from sealtune_trainer.config import PII_ENTITIES
 
     assert cli_crypto.PII_ENTITIES == PII_ENTITIES

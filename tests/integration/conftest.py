@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sealtune_operator.testing.cluster import REPO, LocalCluster, free_port
+from sealtune_devkit.cluster import REPO, LocalCluster, free_port
 
 OPERATOR_NS = "sealtune-system"
 OPERATOR_SA = "sealtune-operator"

@@ -29,7 +29,7 @@ from tests.integration.conftest import (
     wait_for,
 )
 
-from sealtune_operator.testing.cluster import REPO, LocalCluster
+from sealtune_devkit.cluster import REPO, LocalCluster
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
 
-from sealtune_operator.testing.cluster import REPO, LocalCluster
+from sealtune_devkit.cluster import REPO, LocalCluster
 
 pytestmark = pytest.mark.integration
 

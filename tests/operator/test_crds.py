@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from sealtune_operator.crdgen import finetunejob_crd, rendered_files
+from sealtune_api.crdgen import finetunejob_crd, rendered_files
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from sealtune_operator.models import FineTuneJobSpec
+from sealtune_api.finetunejob import FineTuneJobSpec
+from sealtune_api.trainer_config import TrainerConfig
 from sealtune_operator.render import finetune as render
 from sealtune_operator.settings import OperatorSettings
-from sealtune_trainer.config import TrainerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = OperatorSettings(trainer_image="registry.local/trainer@sha256:" + "b" * 64)

@@ -11,14 +11,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from sealtune_api.crdgen import modelserve_crd
+from sealtune_api.finetunejob import SecretKeyRef
+from sealtune_api.modelserve import ModelServeSpec
+from sealtune_api.serve_config import ServeConfig
 from sealtune_operator import status_serve as st
-from sealtune_operator.crdgen import modelserve_crd
-from sealtune_operator.models import SecretKeyRef
-from sealtune_operator.models_serve import ModelServeSpec
 from sealtune_operator.render import serve as render
 from sealtune_operator.settings import OperatorSettings
 from sealtune_trainer.cli import build_parser
-from sealtune_trainer.serve.config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = OperatorSettings(

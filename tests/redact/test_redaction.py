@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealtune_trainer import pii_corpus
-from sealtune_trainer.config import PII_ENTITIES
+from sealtune_api.trainer_config import PII_ENTITIES
+from sealtune_devkit import pii_corpus
 from sealtune_trainer.redact import Redactor, Span, cn_id_check_char, iban_valid, luhn_valid
 
 

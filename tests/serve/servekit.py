@@ -219,11 +219,11 @@ def copy_keys(assets: Assets, dest: Path) -> Path:
 
 def build_assets(root: Path) -> Assets:
     """Tiny model, trained encrypted adapter, TLS material and two API keys under `root`."""
+    from sealtune_devkit.devtls import write_self_signed_tls
+    from sealtune_devkit.tinymodel import make_tiny_llama
     from sealtune_trainer import crypto
     from sealtune_trainer.output import ADAPTER_FILE, CONFIG_NAME, WEIGHTS_NAME, tar_bytes
     from sealtune_trainer.serve.apikeys import create_key
-    from sealtune_trainer.serve.devtls import write_self_signed_tls
-    from sealtune_trainer.tinymodel import make_tiny_llama
 
     model_dir = make_tiny_llama(root / "models", seed=0)
     weights, config = _train_pii_adapter(model_dir)

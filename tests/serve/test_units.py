@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from tests.serve.servekit import PII_ANSWER, PII_EMAIL, PII_PHONE, PII_PROMPT, Assets, serve_command
 
+from sealtune_api.serve_config import ServeConfig
 from sealtune_trainer import crypto
 from sealtune_trainer.output import CONFIG_NAME, WEIGHTS_NAME
 from sealtune_trainer.redact import Redactor
@@ -25,7 +26,6 @@ from sealtune_trainer.serve import apikeys
 from sealtune_trainer.serve.adapter import AdapterError, apply_adapter, load_adapter
 from sealtune_trainer.serve.apikeys import KeyStore, create_key, parse_key, verify_hash
 from sealtune_trainer.serve.cli import config_from_args, memory_backed, register
-from sealtune_trainer.serve.config import ServeConfig
 from sealtune_trainer.serve.engine import Engine, SamplingParams
 from sealtune_trainer.serve.pii_filter import HOLDBACK, OutputFilter
 from sealtune_trainer.serve.ratelimit import RateLimiter
@@ -252,7 +252,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 
 def test_config_module_stays_light() -> None:
     code = (
-        "import sys, sealtune_trainer.serve.config, sealtune_trainer.serve; "
+        "import sys, sealtune_api.serve_config, sealtune_trainer.serve; "
         "print(any(m.split('.')[0] in ('torch', 'transformers', 'fastapi') "
         "for m in sys.modules))"
     )

@@ -26,7 +26,7 @@ from tests.serve.servekit import (
     free_port,
 )
 
-from sealtune_trainer.serve.config import ServeConfig
+from sealtune_api.serve_config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

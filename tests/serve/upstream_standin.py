@@ -15,10 +15,10 @@ import tempfile
 
 import uvicorn
 
+from sealtune_api.serve_config import ServeConfig
 from sealtune_trainer.serve.apikeys import KeyStore
 from sealtune_trainer.serve.app import build_app
 from sealtune_trainer.serve.audit import AuditLog
-from sealtune_trainer.serve.config import ServeConfig
 from sealtune_trainer.serve.engine import Engine
 
 

@@ -21,8 +21,8 @@ def _one_cpu_thread() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sealtune_devkit.tinymodel import make_tiny_llama
     from sealtune_trainer.logs import quiet_libraries
-    from sealtune_trainer.tinymodel import make_tiny_llama
 
     quiet_libraries()
     return make_tiny_llama(tmp_path_factory.mktemp("model") / "tiny", seed=0, **TINY)  # type: ignore[arg-type]

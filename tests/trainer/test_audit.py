@@ -13,8 +13,13 @@ from sealtune_trainer.audit import CANDIDATES, roc_auc
 from sealtune_trainer.job import run_job
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-AUDIT = {"canaries": 2, "canaryRepetitions": 4, "heldOutFraction": 0.25,
-         "maxCanaryExposure": 4.0, "membershipAucThreshold": 0.65}
+AUDIT = {
+    "canaries": 2,
+    "canaryRepetitions": 4,
+    "heldOutFraction": 0.25,
+    "maxCanaryExposure": 4.0,
+    "membershipAucThreshold": 0.65,
+}
 
 
 def test_roc_auc_known_values() -> None:
@@ -33,15 +38,35 @@ def test_exposure_range() -> None:
 @pytest.fixture(scope="module")
 def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     out = {}
-    overfit = make_job(tmp_path_factory.mktemp("overfit"), tiny_model, n_records=40,
-                       training={"epochs": 15, "learningRate": 0.05, "batchSize": 8, "rank": 8,
-                                 "targetModules": MODULES},
-                       privacy={"enabled": False}, audit=AUDIT)
+    overfit = make_job(
+        tmp_path_factory.mktemp("overfit"),
+        tiny_model,
+        n_records=40,
+        training={
+            "epochs": 15,
+            "learningRate": 0.05,
+            "batchSize": 8,
+            "rank": 8,
+            "targetModules": MODULES,
+        },
+        privacy={"enabled": False},
+        audit=AUDIT,
+    )
     out["overfit"] = run_job(overfit, device="cpu").summary
-    private = make_job(tmp_path_factory.mktemp("dp"), tiny_model, n_records=40,
-                       training={"epochs": 3, "learningRate": 0.02, "batchSize": 8, "rank": 8,
-                                 "targetModules": MODULES},
-                       privacy={"enabled": True, "targetEpsilon": 1.0}, audit=AUDIT)
+    private = make_job(
+        tmp_path_factory.mktemp("dp"),
+        tiny_model,
+        n_records=40,
+        training={
+            "epochs": 3,
+            "learningRate": 0.02,
+            "batchSize": 8,
+            "rank": 8,
+            "targetModules": MODULES,
+        },
+        privacy={"enabled": True, "targetEpsilon": 1.0},
+        audit=AUDIT,
+    )
     out["dp"] = run_job(private, device="cpu").summary
     return out
 

@@ -13,8 +13,12 @@ BIND = {"job": "j", "uid": "u", "dataset": "d", "config": "c", "plan": "[]"}
 
 
 def _state(step: int) -> dict:
-    return {"step": step, "w": torch.full((3,), float(step)), "rng": torch.get_rng_state(),
-            "history": [(1.1, 0.01, step)]}
+    return {
+        "step": step,
+        "w": torch.full((3,), float(step)),
+        "rng": torch.get_rng_state(),
+        "history": [(1.1, 0.01, step)],
+    }
 
 
 def test_roundtrip_is_ciphertext_and_exact(tmp_path: Path) -> None:

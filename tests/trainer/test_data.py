@@ -27,8 +27,10 @@ SECRET = "Zhang Wei 13912345678 TOPSECRET"
 
 
 def test_alpaca_jsonl_and_array() -> None:
-    recs = [{"instruction": "i1", "input": "x", "output": "o1"},
-            {"instruction": "i2", "output": "o2"}]
+    recs = [
+        {"instruction": "i1", "input": "x", "output": "o1"},
+        {"instruction": "i2", "output": "o2"},
+    ]
     jsonl = "\n".join(json.dumps(r) for r in recs).encode()
     array = json.dumps(recs).encode()
     for raw in (jsonl, array):
@@ -39,12 +41,23 @@ def test_alpaca_jsonl_and_array() -> None:
 
 
 def test_sharegpt_and_text() -> None:
-    conv = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"},
-                              {"from": "gpt", "value": "a"}, {"from": "human", "value": "q2"},
-                              {"from": "gpt", "value": "a2"}]}
+    conv = {
+        "conversations": [
+            {"from": "system", "value": "s"},
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"},
+            {"from": "human", "value": "q2"},
+            {"from": "gpt", "value": "a2"},
+        ]
+    }
     parsed = parse_records(json.dumps(conv).encode(), "sharegpt")
     assert [m["role"] for m in parsed[0].messages] == [
-        "system", "user", "assistant", "user", "assistant"]
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     text = parse_records(b"line one\n\n  \nline two\n", "text")
     assert [r.text for r in text] == ["line one", "line two"]
 
@@ -52,18 +65,40 @@ def test_sharegpt_and_text() -> None:
 @pytest.mark.parametrize(
     ("raw", "fmt", "where"),
     [
-        (b'{"instruction": "a", "output": "b"}\n{"instruction": "' + SECRET.encode() + b'"}\n',
-         "alpaca", "line 2"),
-        (b'{"instruction": "a", "output": "b"}\n\n{"instruction": "' + SECRET.encode() + b'", \n',
-         "alpaca", "line 3"),
-        (json.dumps([{"instruction": "a", "output": "b"},
-                     {"instruction": SECRET, "output": 5}]).encode(), "alpaca", "index 1"),
-        (json.dumps({"conversations": [{"from": "alien", "value": SECRET}]}).encode(),
-         "sharegpt", "line 1"),
-        (json.dumps({"conversations": [{"from": "human", "value": SECRET}]}).encode(),
-         "sharegpt", "line 1"),
-        (b'{"instruction": "ok", "output": "ok"}\n' + SECRET.encode() + b"\xff\xfe\n",
-         "alpaca", "line 2"),
+        (
+            b'{"instruction": "a", "output": "b"}\n{"instruction": "' + SECRET.encode() + b'"}\n',
+            "alpaca",
+            "line 2",
+        ),
+        (
+            b'{"instruction": "a", "output": "b"}\n\n{"instruction": "'
+            + SECRET.encode()
+            + b'", \n',
+            "alpaca",
+            "line 3",
+        ),
+        (
+            json.dumps(
+                [{"instruction": "a", "output": "b"}, {"instruction": SECRET, "output": 5}]
+            ).encode(),
+            "alpaca",
+            "index 1",
+        ),
+        (
+            json.dumps({"conversations": [{"from": "alien", "value": SECRET}]}).encode(),
+            "sharegpt",
+            "line 1",
+        ),
+        (
+            json.dumps({"conversations": [{"from": "human", "value": SECRET}]}).encode(),
+            "sharegpt",
+            "line 1",
+        ),
+        (
+            b'{"instruction": "ok", "output": "ok"}\n' + SECRET.encode() + b"\xff\xfe\n",
+            "alpaca",
+            "line 2",
+        ),
     ],
 )
 def test_malformed_record_names_position_never_content(raw: bytes, fmt: str, where: str) -> None:
@@ -85,8 +120,12 @@ def test_encrypted_dataset_roundtrip(tmp_path: Path) -> None:
 
 def test_labels_cover_only_assistant_reply(tiny_model: Path) -> None:
     tok = load_tokenizer(tiny_model)
-    rec = Record(messages=[{"role": "user", "content": "what is the plan"},
-                           {"role": "assistant", "content": "rest and water"}])
+    rec = Record(
+        messages=[
+            {"role": "user", "content": "what is the plan"},
+            {"role": "assistant", "content": "rest and water"},
+        ]
+    )
     ex = tokenize_record(tok, rec, 256)
     labelled = [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX]
     decoded = tok.decode(labelled)
@@ -100,8 +139,12 @@ def test_labels_cover_only_assistant_reply(tiny_model: Path) -> None:
 
 def test_redaction_happens_before_tokenization(tiny_model: Path) -> None:
     tok = load_tokenizer(tiny_model)
-    rec = Record(messages=[{"role": "user", "content": "call 13912345678 today"},
-                           {"role": "assistant", "content": "ID 11010519491231002X noted"}])
+    rec = Record(
+        messages=[
+            {"role": "user", "content": "call 13912345678 today"},
+            {"role": "assistant", "content": "ID 11010519491231002X noted"},
+        ]
+    )
     redactor = Redactor(["PHONE", "CN_ID"], "mask")
     (clean,) = redact_records([rec], redactor.redact)
     ex = tokenize_record(tok, clean, 256)
@@ -132,11 +175,13 @@ def test_truncated_away_response_names_the_line(tiny_model: Path) -> None:
     from sealtune_trainer.data import tokenize_records
 
     tok = load_tokenizer(tiny_model)
-    raw = "\n".join([
-        json.dumps({"instruction": "short", "output": "ok"}),
-        "",
-        json.dumps({"instruction": "long " * 80 + SECRET, "output": "ok"}),
-    ]).encode()
+    raw = "\n".join(
+        [
+            json.dumps({"instruction": "short", "output": "ok"}),
+            "",
+            json.dumps({"instruction": "long " * 80 + SECRET, "output": "ok"}),
+        ]
+    ).encode()
     recs = parse_records(raw, "alpaca")
     with pytest.raises(DatasetFormatError, match=r"line 3: no response tokens.*=32") as info:
         tokenize_records(tok, recs, 32)

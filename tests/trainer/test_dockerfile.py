@@ -49,8 +49,12 @@ def test_entrypoint_is_the_trainer_module() -> None:
 
 def test_offline_environment() -> None:
     env = " ".join(rest for op, rest in _final_stage() if op == "ENV")
-    for var in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "HF_DATASETS_OFFLINE=1",
-                "HOME=/scratch"):
+    for var in (
+        "HF_HUB_OFFLINE=1",
+        "TRANSFORMERS_OFFLINE=1",
+        "HF_DATASETS_OFFLINE=1",
+        "HOME=/scratch",
+    ):
         assert var in env
 
 

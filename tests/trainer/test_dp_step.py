@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
+from sealtune_api.trainer_config import TrainingConfig
 from sealtune_trainer import dp
-from sealtune_trainer.config import TrainingConfig
 from sealtune_trainer.data import Example
 from sealtune_trainer.model_loading import add_lora, load_base_model
 from sealtune_trainer.training import collate, per_sample_loss
@@ -78,8 +78,13 @@ def test_dp_step_matches_by_hand(tiny_model: Path, mode: str, micro: int) -> Non
 
         fwd = GradSampleModule(model, loss_reduction="sum")
         params = [p for p in model.parameters() if p.requires_grad]
-    opt = dp.make_dp_optimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0,
-                               max_grad_norm=C, expected_batch_size=B, generator=None)
+    opt = dp.make_dp_optimizer(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        generator=None,
+    )
     chunks = [exs[i : i + micro] for i in range(0, B, micro)]
     for i, chunk in enumerate(chunks):
         per_sample_loss(fwd, collate(chunk, 0, "cpu")).sum().backward()
@@ -99,9 +104,13 @@ def test_noise_has_calibrated_std(tiny_model: Path) -> None:
     model = _model(tiny_model)
     params = dp.enable_lora_per_sample_grads(model)
     sigma = 2.0
-    opt = dp.make_dp_optimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=sigma,
-                               max_grad_norm=C, expected_batch_size=B,
-                               generator=torch.Generator().manual_seed(0))
+    opt = dp.make_dp_optimizer(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=sigma,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        generator=torch.Generator().manual_seed(0),
+    )
     (per_sample_loss(model, collate(_examples(), 0, "cpu")) * 0).sum().backward()
     opt.step()
     flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
@@ -126,18 +135,27 @@ def test_opacus_ghost_clipping_matches_by_hand(tiny_model: Path) -> None:
     expected, _ = _by_hand(tiny_model, exs)
     model = _model(tiny_model)
     params = [p for p in model.parameters() if p.requires_grad]
-    gm = GradSampleModuleFastGradientClipping(model, max_grad_norm=C, use_ghost_clipping=True,
-                                              loss_reduction="mean")
-    opt = DPOptimizerFastGradientClipping(torch.optim.SGD(params, lr=0.0), noise_multiplier=0.0,
-                                          max_grad_norm=C, expected_batch_size=B,
-                                          loss_reduction="mean")
+    gm = GradSampleModuleFastGradientClipping(
+        model, max_grad_norm=C, use_ghost_clipping=True, loss_reduction="mean"
+    )
+    opt = DPOptimizerFastGradientClipping(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=C,
+        expected_batch_size=B,
+        loss_reduction="mean",
+    )
     crit = DPLossFastGradientClipping(
-        gm, opt, torch.nn.CrossEntropyLoss(reduction="mean", ignore_index=-100), "mean")
+        gm, opt, torch.nn.CrossEntropyLoss(reduction="mean", ignore_index=-100), "mean"
+    )
     batch = collate(exs, 0, "cpu")
     logits = gm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     shifted = logits[:, :-1].float()
-    loss = crit(shifted.reshape(-1, shifted.shape[-1]), batch.labels[:, 1:].reshape(-1),
-                shape=(shifted.shape[0], shifted.shape[1]))
+    loss = crit(
+        shifted.reshape(-1, shifted.shape[-1]),
+        batch.labels[:, 1:].reshape(-1),
+        shape=(shifted.shape[0], shifted.shape[1]),
+    )
     loss.backward()
     opt.step()
     scale = max(float(t.abs().max()) for t in expected)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tests.trainer.trainerkit import make_job
 
+from sealtune_api.trainer_config import PrivacyConfig, TrainingConfig
 from sealtune_trainer import dp
 from sealtune_trainer.audit import example_losses
-from sealtune_trainer.config import PrivacyConfig, TrainingConfig
 from sealtune_trainer.data import Example
 from sealtune_trainer.job import run_job
 from sealtune_trainer.model_loading import add_lora, load_base_model, load_tokenizer
@@ -24,11 +24,20 @@ TARGET = 3.0
 def dp_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("dprun")
     # A regular task (one answer style) so that a 12-step DP run moves the loss clearly.
-    records = [{"instruction": f"Summarize note {i} for the ward.",
-                "output": "Stable, rest and water, follow up in clinic."} for i in range(96)]
-    cfg = make_job(root, tiny_model, records,
-                   training={"epochs": 2, "batchSize": 16, "learningRate": 0.02},
-                   privacy={"targetEpsilon": TARGET, "delta": 1e-3})
+    records = [
+        {
+            "instruction": f"Summarize note {i} for the ward.",
+            "output": "Stable, rest and water, follow up in clinic.",
+        }
+        for i in range(96)
+    ]
+    cfg = make_job(
+        root,
+        tiny_model,
+        records,
+        training={"epochs": 2, "batchSize": 16, "learningRate": 0.02},
+        privacy={"targetEpsilon": TARGET, "delta": 1e-3},
+    )
     result = run_job(cfg, device="cpu")
     return {"cfg": cfg, "summary": result.summary, "model": result.model, "root": root}
 
@@ -48,8 +57,9 @@ def test_loss_goes_down(dp_run: dict, tiny_model: Path) -> None:
 
     cfg = dp_run["cfg"]
     tok = load_tokenizer(tiny_model)
-    recs = load_encrypted_dataset(cfg.dataset.path, Path(cfg.dataset.key_file).read_bytes(),
-                                  "alpaca")
+    recs = load_encrypted_dataset(
+        cfg.dataset.path, Path(cfg.dataset.key_file).read_bytes(), "alpaca"
+    )
     recs = redact_records(recs, Redactor(cfg.pii.entities, "mask").redact)
     exs = tokenize_records(tok, recs[:48], cfg.training.max_seq_length)
     base = load_base_model(tiny_model, cfg.training, "cpu")
@@ -68,8 +78,9 @@ def test_rdp_calibration_within_five_percent() -> None:
 
 
 def test_training_stops_when_budget_spent(tiny_model: Path) -> None:
-    tc = TrainingConfig(rank=2, batch_size=8, micro_batch_size=8, epochs=6, seed=1,
-                        target_modules=["q_proj"])
+    tc = TrainingConfig(
+        rank=2, batch_size=8, micro_batch_size=8, epochs=6, seed=1, target_modules=["q_proj"]
+    )
     pc = PrivacyConfig(target_epsilon=2.0, delta=1e-3, accountant="rdp")
     exs = [Example([1, *range(5, 15)], [-100, *range(5, 15)]) for _ in range(32)]
     plan = make_plan(len(exs), tc, pc)  # noise for 24 steps ...
@@ -84,8 +95,13 @@ def test_training_stops_when_budget_spent(tiny_model: Path) -> None:
 
 
 def test_without_dp_epsilon_is_infinite(tiny_model: Path, tmp_path: Path) -> None:
-    cfg = make_job(tmp_path, tiny_model, n_records=24,
-                   training={"epochs": 1, "batchSize": 8}, privacy={"enabled": False})
+    cfg = make_job(
+        tmp_path,
+        tiny_model,
+        n_records=24,
+        training={"epochs": 1, "batchSize": 8},
+        privacy={"enabled": False},
+    )
     summary = run_job(cfg, device="cpu").summary
     assert summary["privacy"]["dpEnabled"] is False
     assert summary["privacy"]["epsilon"] == "Infinity"
@@ -101,8 +117,9 @@ def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: P
     summary, cfg = dp_run["summary"], dp_run["cfg"]
     state, config = load_adapter(Path(summary["adapter"]["path"]), Path(cfg.output_key_file))
     assert config["r"] == cfg.training.rank
-    served = apply_adapter(load_base_model(tiny_model, cfg.training, "cpu"), state, config,
-                           merge=False)
+    served = apply_adapter(
+        load_base_model(tiny_model, cfg.training, "cpu"), state, config, merge=False
+    )
     trained = dp_run["model"]
     trained.eval()
     ids = torch.tensor([[1, 50, 60, 70, 80, 90, 2]])
@@ -115,8 +132,9 @@ def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: P
 
 
 def test_empty_poisson_draws_still_step_with_noise(tiny_model: Path) -> None:
-    tc = TrainingConfig(rank=2, batch_size=1, micro_batch_size=1, epochs=1, seed=3,
-                        target_modules=["q_proj"])
+    tc = TrainingConfig(
+        rank=2, batch_size=1, micro_batch_size=1, epochs=1, seed=3, target_modules=["q_proj"]
+    )
     pc = PrivacyConfig(target_epsilon=8.0, delta=1e-3, accountant="rdp")
     exs = [Example([1, *range(5, 12)], [-100, *range(5, 12)]) for _ in range(16)]
     plan = make_plan(len(exs), tc, pc)

@@ -16,18 +16,24 @@ import pytest
 import torch
 from tests.trainer.trainerkit import decrypt_adapter, make_job, run_trainer, trainer_env
 
+from sealtune_devkit.demo import make_patient_notes, scan_ciphertext_only
 from sealtune_trainer.crypto import MAGIC
-from sealtune_trainer.demo import make_patient_notes, scan_ciphertext_only
 
 RECORDS = make_patient_notes(64, seed=11)
-TRAINING = {"epochs": 4, "batchSize": 8, "microBatchSize": 4, "learningRate": 0.01,
-            "dropout": 0.1}
+TRAINING = {"epochs": 4, "batchSize": 8, "microBatchSize": 4, "learningRate": 0.01, "dropout": 0.1}
 AUDIT = {"canaries": 2, "canaryRepetitions": 2, "heldOutFraction": 0.2}
 
 
 def _job(root: Path, model: Path) -> Any:
-    return make_job(root, model, RECORDS, training=TRAINING, audit=AUDIT, interval=3,
-                    privacy={"targetEpsilon": 4.0, "delta": 1e-3})
+    return make_job(
+        root,
+        model,
+        RECORDS,
+        training=TRAINING,
+        audit=AUDIT,
+        interval=3,
+        privacy={"targetEpsilon": 4.0, "delta": 1e-3},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,12 @@ def reference(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     cfg = _job(root, tiny_model)
     proc = run_trainer(root / "config.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"root": root, "cfg": cfg, "proc": proc,
-            "summary": json.loads((root / "termination-log").read_text())}
+    return {
+        "root": root,
+        "cfg": cfg,
+        "proc": proc,
+        "summary": json.loads((root / "termination-log").read_text()),
+    }
 
 
 def test_termination_message_summary(reference: dict[str, Any]) -> None:
@@ -93,9 +103,18 @@ def test_resume_after_kill_9_matches_uninterrupted(
     cfg = _job(tmp_path, tiny_model)
     ckpts = tmp_path / "checkpoints"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sealtune_trainer", "--config", str(tmp_path / "config.json"),
-         "--device", "cpu"],
-        env=trainer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "sealtune_trainer",
+            "--config",
+            str(tmp_path / "config.json"),
+            "--device",
+            "cpu",
+        ],
+        env=trainer_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
     try:
@@ -120,8 +139,7 @@ def test_resume_after_kill_9_matches_uninterrupted(
     assert resumed["resumedFromStep"] is not None and resumed["resumedFromStep"] >= 6
     assert resumed["privacy"]["epsilon"] == ref["privacy"]["epsilon"]  # exactly
     assert resumed["finalLoss"] == ref["finalLoss"]
-    a = decrypt_adapter(Path(ref["adapter"]["path"]),
-                        Path(reference["cfg"].output_key_file))
+    a = decrypt_adapter(Path(ref["adapter"]["path"]), Path(reference["cfg"].output_key_file))
     b = decrypt_adapter(Path(resumed["adapter"]["path"]), Path(cfg.output_key_file))
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
@@ -130,8 +148,11 @@ def test_resume_after_kill_9_matches_uninterrupted(
 
 
 def test_bad_config_exits_2_with_error_summary(tmp_path: Path) -> None:
-    cfg = {"jobName": "x", "terminationMessagePath": str(tmp_path / "term"),
-           "privacy": {"targetEpsilon": -1}}
+    cfg = {
+        "jobName": "x",
+        "terminationMessagePath": str(tmp_path / "term"),
+        "privacy": {"targetEpsilon": -1},
+    }
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     proc = run_trainer(tmp_path / "c.json")
     assert proc.returncode == 2
@@ -141,8 +162,10 @@ def test_bad_config_exits_2_with_error_summary(tmp_path: Path) -> None:
 
 
 def test_dataset_error_exit_3_without_content(tiny_model: Path, tmp_path: Path) -> None:
-    bad = [{"instruction": "fine", "output": "fine"},
-           {"instruction": "Zhang Wei 13912345678", "outptu": "typo"}]
+    bad = [
+        {"instruction": "fine", "output": "fine"},
+        {"instruction": "Zhang Wei 13912345678", "outptu": "typo"},
+    ]
     make_job(tmp_path, tiny_model, bad)
     proc = run_trainer(tmp_path / "config.json")
     assert proc.returncode == 3

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sealtune_trainer.config import TrainingConfig
+from sealtune_api.trainer_config import TrainingConfig
+from sealtune_devkit.tinymodel import manifest_digest
 from sealtune_trainer.model_loading import (
     ModelIntegrityError,
     QLoRAUnavailableError,
@@ -15,7 +16,6 @@ from sealtune_trainer.model_loading import (
     load_base_model,
     verify_model_dir,
 )
-from sealtune_trainer.tinymodel import manifest_digest
 
 
 def test_manifest_verified_and_pinned(tiny_model: Path) -> None:

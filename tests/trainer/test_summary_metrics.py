@@ -11,14 +11,34 @@ from sealtune_trainer.summary import build_summary, compact, error_summary
 
 
 def _summary(n_canaries: int, reasons: int) -> dict:
-    audit = {"verdict": "failed", "reasons": ["r" * 300] * reasons, "membershipAuc": 0.7,
-             "canaryExposure": 5.0, "exposures": [9.123] * n_canaries}
+    audit = {
+        "verdict": "failed",
+        "reasons": ["r" * 300] * reasons,
+        "membershipAuc": 0.7,
+        "canaryExposure": 5.0,
+        "exposures": [9.123] * n_canaries,
+    }
     return build_summary(
-        job="j" * 60, dp_enabled=True, epsilon=7.99, target_epsilon=8.0, delta=1e-5,
-        noise_multiplier=0.9, accountant="prv", steps=100, total_steps=100, epochs=2,
-        final_loss=1.234567891, first_loss=3.0, train_records=1000, held_out_records=100,
-        redactions={"PHONE": 10, "CN_ID": 3}, audit=audit, adapter_path="/output/adapter.tar.enc",
-        adapter_sha256="ab" * 32, resumed_from_step=None, seconds=12.3,
+        job="j" * 60,
+        dp_enabled=True,
+        epsilon=7.99,
+        target_epsilon=8.0,
+        delta=1e-5,
+        noise_multiplier=0.9,
+        accountant="prv",
+        steps=100,
+        total_steps=100,
+        epochs=2,
+        final_loss=1.234567891,
+        first_loss=3.0,
+        train_records=1000,
+        held_out_records=100,
+        redactions={"PHONE": 10, "CN_ID": 3},
+        audit=audit,
+        adapter_path="/output/adapter.tar.enc",
+        adapter_sha256="ab" * 32,
+        resumed_from_step=None,
+        seconds=12.3,
     )
 
 
@@ -39,11 +59,26 @@ def test_large_summary_compacted_below_4096_bytes_keeping_essentials() -> None:
 
 def test_infinite_epsilon_is_valid_json() -> None:
     s = build_summary(
-        job="j", dp_enabled=False, epsilon=float("inf"), target_epsilon=8.0, delta=1e-5,
-        noise_multiplier=None, accountant="prv", steps=1, total_steps=1, epochs=1,
-        final_loss=float("nan"), first_loss=None, train_records=1, held_out_records=1,
-        redactions={}, audit=None, adapter_path=None, adapter_sha256=None,
-        resumed_from_step=None, seconds=0.0,
+        job="j",
+        dp_enabled=False,
+        epsilon=float("inf"),
+        target_epsilon=8.0,
+        delta=1e-5,
+        noise_multiplier=None,
+        accountant="prv",
+        steps=1,
+        total_steps=1,
+        epochs=1,
+        final_loss=float("nan"),
+        first_loss=None,
+        train_records=1,
+        held_out_records=1,
+        redactions={},
+        audit=None,
+        adapter_path=None,
+        adapter_sha256=None,
+        resumed_from_step=None,
+        seconds=0.0,
     )
     parsed = json.loads(compact(s))
     assert parsed["privacy"]["epsilon"] == "Infinity" and parsed["finalLoss"] is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.trainer.trainerkit import TINY
 
-from sealtune_trainer.tinymodel import make_tiny_llama, manifest_digest
+from sealtune_devkit.tinymodel import make_tiny_llama, manifest_digest
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(tiny_model: Path, tmp_path: Path) -> None:

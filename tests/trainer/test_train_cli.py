@@ -61,9 +61,28 @@ def test_escaping_volume_path_rejected(tmp_path: Path) -> None:
 def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "sealtune_trainer.demo", "--out", str(out), "--records", "48",
-         "--epochs", "1", "--batch", "16", "--canaries", "1", "--canary-repetitions", "2"],
-        env=trainer_env(), capture_output=True, text=True, timeout=400, check=False,
+        [
+            sys.executable,
+            "-m",
+            "sealtune_devkit.demo",
+            "--out",
+            str(out),
+            "--records",
+            "48",
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--canaries",
+            "1",
+            "--canary-repetitions",
+            "2",
+        ],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "ciphertext check:" in proc.stdout and "no plaintext marker found" in proc.stdout
@@ -72,4 +91,57 @@ def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> 
     assert job["kind"] == "FineTuneJob"
     # the demo's plaintext never hit the disk: only the encrypted dataset is there
     assert [p.name for p in (out / "volumes" / "clinical-data").iterdir()] == [
-        "notes.alpaca.jsonl.enc"]
+        "notes.alpaca.jsonl.enc"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        # review F: `sealtune train` accepted what the API server rejects
+        (lambda s: s.__setitem__("resourcse", {"gpus": 1}), r"spec\.resourcse"),
+        (
+            lambda s: s.setdefault("checkpoints", {}).__setitem__("size", "20GB"),
+            r"spec\.checkpoints\.size",
+        ),
+        (
+            lambda s: s.setdefault("resources", {}).__setitem__("memory", "lots"),
+            r"spec\.resources\.memory",
+        ),
+        (
+            lambda s: s["dataset"]["keySecret"].__setitem__("name", "Bad_Name"),
+            r"spec\.dataset\.keySecret\.name",
+        ),
+        (
+            lambda s: s["model"].__setitem__("image", {"reference": "r@sha256:" + "a" * 64}),
+            r"exactly one",
+        ),
+    ],
+)
+def test_train_validates_what_the_api_server_validates(
+    tmp_path: Path, mutate: object, expected: str
+) -> None:
+    doc = copy.deepcopy(load_job_yaml(REPO / "examples" / "finetunejob.yaml"))
+    mutate(doc["spec"])  # type: ignore[operator]
+    with pytest.raises(JobSpecError, match=expected):
+        trainer_config_from_job(doc, tmp_path, tmp_path)
+
+
+def test_operator_render_and_local_train_share_one_mapping(tmp_path: Path) -> None:
+    """The pod's config and the laptop's config differ only in where volumes are."""
+    from sealtune_api.finetunejob import FineTuneJob
+    from sealtune_api.trainer_config import TrainerConfig
+
+    doc = load_job_yaml(REPO / "examples" / "finetunejob.yaml")
+    local = trainer_config_from_job(doc, tmp_path / "v", tmp_path / "s")
+    job = FineTuneJob.model_validate({"metadata": doc["metadata"], "spec": doc["spec"]})
+    from sealtune_operator.render.finetune import trainer_config
+    from sealtune_operator.settings import OperatorSettings
+
+    pod = trainer_config({"metadata": doc["metadata"]}, job.spec, OperatorSettings())
+    assert isinstance(pod, TrainerConfig)
+    for section in ("training", "privacy", "pii", "audit"):
+        assert getattr(local, section) == getattr(pod, section)
+    assert local.dataset.format == pod.dataset.format
+    assert pod.dataset.path.endswith(job.spec.dataset.pvc.path)
+    assert local.dataset.path.endswith(job.spec.dataset.pvc.path)

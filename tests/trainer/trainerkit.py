@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sealtune_trainer.config import TrainerConfig
+from sealtune_api.trainer_config import TrainerConfig
+from sealtune_devkit.demo import make_patient_notes
 from sealtune_trainer.crypto import generate_key, read_encrypted_bytes, write_encrypted_bytes
-from sealtune_trainer.demo import make_patient_notes
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "vocab_size": 512}
@@ -59,29 +59,42 @@ def make_job(
         if records is None:
             records = make_patient_notes(n_records, seed=3)
         encrypt_records(root / "data" / "train.enc", records, data_key)
-    train = {"rank": 4, "alpha": 8, "epochs": 1, "learningRate": 0.01, "batchSize": 16,
-             "microBatchSize": 16, "maxSeqLength": 160, "seed": 7}
+    train = {
+        "rank": 4,
+        "alpha": 8,
+        "epochs": 1,
+        "learningRate": 0.01,
+        "batchSize": 16,
+        "microBatchSize": 16,
+        "maxSeqLength": 160,
+        "seed": 7,
+    }
     train.update(training or {})
-    cfg = TrainerConfig.model_validate({
-        "jobName": "t",
-        "jobUid": "uid-1",
-        "modelDir": str(model_dir),
-        "modelManifestSha256": manifest,
-        "dataset": {"path": str(root / "data" / "train.enc"), "format": fmt,
-                    "keyFile": str(data_key)},
-        "outputDir": str(root / "output"),
-        "outputKeyFile": str(keys / "output" / "key"),
-        "checkpointDir": str(root / "checkpoints"),
-        "checkpointKeyFile": str(keys / "checkpoint" / "key"),
-        "checkpointIntervalSteps": interval,
-        "scratchDir": str(root / "scratch"),
-        "metricsPort": 0,
-        "terminationMessagePath": str(root / "termination-log"),
-        "training": train,
-        "privacy": {"enabled": True, "targetEpsilon": 8.0, "delta": 1e-3, **(privacy or {})},
-        "pii": pii or {},
-        "audit": {"canaries": 0, **(audit or {})},
-    })
+    cfg = TrainerConfig.model_validate(
+        {
+            "jobName": "t",
+            "jobUid": "uid-1",
+            "modelDir": str(model_dir),
+            "modelManifestSha256": manifest,
+            "dataset": {
+                "path": str(root / "data" / "train.enc"),
+                "format": fmt,
+                "keyFile": str(data_key),
+            },
+            "outputDir": str(root / "output"),
+            "outputKeyFile": str(keys / "output" / "key"),
+            "checkpointDir": str(root / "checkpoints"),
+            "checkpointKeyFile": str(keys / "checkpoint" / "key"),
+            "checkpointIntervalSteps": interval,
+            "scratchDir": str(root / "scratch"),
+            "metricsPort": 0,
+            "terminationMessagePath": str(root / "termination-log"),
+            "training": train,
+            "privacy": {"enabled": True, "targetEpsilon": 8.0, "delta": 1e-3, **(privacy or {})},
+            "pii": pii or {},
+            "audit": {"canaries": 0, **(audit or {})},
+        }
+    )
     (root / "config.json").write_text(json.dumps(cfg.wire()), encoding="utf-8")
     return cfg
 
@@ -103,10 +116,18 @@ def decrypt_adapter(path: Path, key_file: Path) -> dict[str, Any]:
 def trainer_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "trainer-image"), str(REPO), env.get("PYTHONPATH", "")]
+        [
+            *(str(REPO / d) for d in ("api", "trainer-image", "devkit")),
+            str(REPO),
+            env.get("PYTHONPATH", ""),
+        ]
     )
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               SEALTUNE_CPU_THREADS="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        SEALTUNE_CPU_THREADS="1",
+    )
     return env
 
 
@@ -114,7 +135,19 @@ def run_trainer(
     config: Path, *extra: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sealtune_trainer", "--config", str(config), "--device", "cpu",
-         *extra],
-        env=trainer_env(), capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            sys.executable,
+            "-m",
+            "sealtune_trainer",
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_json_logging()
     from pydantic import ValidationError
 
-    from .config import TrainerConfig
+    from sealtune_api.trainer_config import TrainerConfig
 
     term_path = "/dev/termination-log"
     try:

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from .config import AuditConfig
+from sealtune_api.trainer_config import AuditConfig
+
 from .data import (
     DatasetFormat,
     Example,
@@ -189,8 +190,15 @@ def run_audit(
     for index, secret in canaries:
         res.exposures.append(
             canary_exposure(
-                model, tokenizer, index, secret, fmt,
-                max_length=max_length, pad_id=pad_id, device=device, seed=seed,
+                model,
+                tokenizer,
+                index,
+                secret,
+                fmt,
+                max_length=max_length,
+                pad_id=pad_id,
+                device=device,
+                seed=seed,
             )
         )
     if res.exposures:

@@ -71,9 +71,7 @@ def save_checkpoint(
     return path
 
 
-def load_latest(
-    directory: Path, key: bytes, binding: dict[str, Any]
-) -> dict[str, Any] | None:
+def load_latest(directory: Path, key: bytes, binding: dict[str, Any]) -> dict[str, Any] | None:
     """The newest readable checkpoint's state for this job, or None.
 
     Unreadable files (another key, corruption) and checkpoints bound to a different job
@@ -87,8 +85,9 @@ def load_latest(
             continue
         blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         if blob.get("binding") != binding:
-            log.warning("skipping checkpoint %s: written for another job or configuration",
-                        path.name)
+            log.warning(
+                "skipping checkpoint %s: written for another job or configuration", path.name
+            )
             continue
         state: dict[str, Any] = blob["state"]
         if int(state["step"]) != step:

@@ -180,9 +180,7 @@ def load_encrypted_dataset(path: str | Path, key: bytes, fmt: DatasetFormat) -> 
 # ---------------------------------------------------------------- redaction and canaries
 
 
-def redact_records(
-    records: Sequence[Record], redact: Callable[[str], str]
-) -> list[Record]:
+def redact_records(records: Sequence[Record], redact: Callable[[str], str]) -> list[Record]:
     """Redact every text field of every record (before tokenization)."""
     return [r.map_text(redact) for r in records]
 
@@ -306,8 +304,9 @@ def tokenize_record(tokenizer: Any, record: Record, max_length: int) -> Example:
         return Example(ids, labels, record.is_canary)
     text, spans = chat_spans(tokenizer, record.messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, labels = label_spans(list(enc["input_ids"]), list(enc["offset_mapping"]), spans,
-                              max_length)
+    ids, labels = label_spans(
+        list(enc["input_ids"]), list(enc["offset_mapping"]), spans, max_length
+    )
     return Example(ids, labels, record.is_canary)
 
 
@@ -331,7 +330,7 @@ def tokenize_variants(
     for v in variants:
         if len(v) != len(secret):
             raise ValueError("variants must have the secret's length")
-        texts.append(text[:at] + v + text[at + len(secret):])
+        texts.append(text[:at] + v + text[at + len(secret) :])
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True):

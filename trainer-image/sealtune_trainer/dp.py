@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import PrivacyConfig
+from sealtune_api.trainer_config import PrivacyConfig
 
 GradSampleMode = str  # "lora" (ours, default) | "hooks" | "ghost" (Opacus)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainerConfig
+from sealtune_api.trainer_config import TrainerConfig
+
 from .crypto import CryptoError, load_key, sha256_file
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def _pii_hmac_key(checkpoint_key: bytes, job_uid: str) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None,
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
         info=b"sealtune/v1/pii-pseudonym/" + job_uid.encode(),
     ).derive(checkpoint_key)
 
@@ -189,8 +192,11 @@ def run_job(
     log.info(
         "training plan",
         extra={
-            "trainExamples": plan.n_train, "heldOut": len(held_ex), "steps": plan.total_steps,
-            "sampleRate": round(plan.sample_rate, 6), "noiseMultiplier": plan.noise_multiplier,
+            "trainExamples": plan.n_train,
+            "heldOut": len(held_ex),
+            "steps": plan.total_steps,
+            "sampleRate": round(plan.sample_rate, 6),
+            "noiseMultiplier": plan.noise_multiplier,
         },
     )
     try:
@@ -224,19 +230,30 @@ def run_job(
             eps = trainer.epsilon()
             eps_last[0] = time.monotonic()
         metrics.update(
-            step=stats.step, total=plan.total_steps, loss=stats.loss,
-            tokens_per_second=stats.tokens / max(stats.seconds, 1e-9), epsilon=eps,
+            step=stats.step,
+            total=plan.total_steps,
+            loss=stats.loss,
+            tokens_per_second=stats.tokens / max(stats.seconds, 1e-9),
+            epsilon=eps,
         )
         if stats.step % cfg.checkpoint_interval_steps == 0 and stats.step < plan.total_steps:
             save_checkpoint(ckpt_dir, ckpt_key, trainer.state_dict(), binding)
         if progress is not None:
             progress(stats.step, plan.total_steps, stats.loss, eps)
         if eps is not None or stats.step % 10 == 0:
-            log.info("step", extra={
-                "step": stats.step, "totalSteps": plan.total_steps, "epoch": stats.epoch,
-                "loss": round(stats.loss, 5), "samples": stats.samples,
-                **({"epsilon": round(eps, 4)} if eps is not None and math.isfinite(eps) else {}),
-            })
+            log.info(
+                "step",
+                extra={
+                    "step": stats.step,
+                    "totalSteps": plan.total_steps,
+                    "epoch": stats.epoch,
+                    "loss": round(stats.loss, 5),
+                    "samples": stats.samples,
+                    **(
+                        {"epsilon": round(eps, 4)} if eps is not None and math.isfinite(eps) else {}
+                    ),
+                },
+            )
         if stop_after_steps is not None and stats.step >= stop_after_steps:
             raise _Stop()
 
@@ -252,9 +269,17 @@ def run_job(
     save_checkpoint(ckpt_dir, ckpt_key, trainer.state_dict(), binding)
 
     audit_res = audit_mod.run_audit(
-        model, tokenizer, cfg.audit,
-        canaries=canaries, members=train_ex, non_members=held_ex, fmt=cfg.dataset.format,
-        max_length=tc.max_seq_length, pad_id=pad_id, device=device, seed=seed,
+        model,
+        tokenizer,
+        cfg.audit,
+        canaries=canaries,
+        members=train_ex,
+        non_members=held_ex,
+        fmt=cfg.dataset.format,
+        max_length=tc.max_seq_length,
+        pad_id=pad_id,
+        device=device,
+        seed=seed,
     )
     adapter_path, adapter_sha = write_encrypted_adapter(model, Path(cfg.output_dir), out_key)
     summary = build_summary(

@@ -43,7 +43,12 @@ class TrainingMetrics:
                 log.warning("metrics port %d unavailable: %s", port, exc.strerror)
 
     def update(
-        self, *, step: int, total: int, loss: float, tokens_per_second: float,
+        self,
+        *,
+        step: int,
+        total: int,
+        loss: float,
+        tokens_per_second: float,
         epsilon: float | None = None,
     ) -> None:
         self.step.labels(self.job).set(step)

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .config import TrainingConfig
+from sealtune_api.trainer_config import TrainingConfig
 
 MANIFEST_NAME = "SHA256SUMS"
 

@@ -29,8 +29,7 @@ def adapter_bytes(model: Any) -> tuple[bytes, bytes]:
     from safetensors.torch import save
 
     state = {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in get_peft_model_state_dict(model).items()
+        k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()
     }
     weights = save(state, metadata={"format": "pt"})
     cfg = model.peft_config["default"].to_dict()

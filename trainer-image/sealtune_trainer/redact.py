@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from sealtune_trainer.config import PII_ENTITIES
+from sealtune_api.trainer_config import PII_ENTITIES
 
 __all__ = [
     "IBAN_LENGTHS",

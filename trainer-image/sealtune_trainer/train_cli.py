@@ -10,8 +10,9 @@ code path as the cluster:
   checkpoint key         -> <--secrets-root>/<job>-checkpoint-key/key (created if absent,
                             like the operator's per-job Secret)
 
-`spec.training`, `spec.privacy`, `spec.pii` and `spec.audit` are validated by the same
-pydantic models the CRD is generated from, so errors name the offending field.
+The whole object is validated by the same pydantic models the CRD is generated from
+(unknown fields, quantities, names and paths included), so `sealtune train` refuses what
+the API server refuses and errors name the offending field.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pydantic loads only when a job is read: `sealtune --help` stays fast
+    from sealtune_api.trainer_config import TrainerConfig
 
 DEFAULT_VOLUMES = "./.sealtune/volumes"
 DEFAULT_SECRETS = "./.sealtune/secrets"
@@ -30,63 +34,42 @@ class JobSpecError(ValueError):
     """The FineTuneJob YAML is not usable; the message names the field."""
 
 
-def _get(obj: Any, dotted: str, *, required: bool = True, default: Any = None) -> Any:
-    cur = obj
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            if required:
-                raise JobSpecError(f"{dotted} is required")
-            return default
-        cur = cur[part]
-    return cur
-
-
-def _rel(path: str, field: str) -> str:
-    if path.startswith("/") or ".." in path.split("/"):
-        raise JobSpecError(f"{field} must be a relative path inside the volume, without '..'")
-    return path
+def _problems(exc: Any) -> str:
+    return "; ".join(
+        ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
+        for e in exc.errors(include_input=False)
+    )
 
 
 def trainer_config_from_job(
     doc: dict[str, Any], volumes_root: Path, secrets_root: Path, *, metrics_port: int = 0
-) -> Any:
-    """Translate a FineTuneJob document into the TrainerConfig the pod would receive."""
+) -> TrainerConfig:
+    """Validate a FineTuneJob document as the API server would, then map it with
+    `TrainerConfig.from_job`, its volumes and Secrets under the local roots."""
     from pydantic import ValidationError
 
-    from .config import AuditConfig, PiiConfig, PrivacyConfig, TrainerConfig, TrainingConfig
+    from sealtune_api.finetunejob import FineTuneJob
+    from sealtune_api.trainer_config import Mounts, TrainerConfig
 
     if doc.get("kind") != "FineTuneJob":
         raise JobSpecError(f"kind must be FineTuneJob, not {doc.get('kind')!r}")
-    name = str(_get(doc, "metadata.name"))
-    spec = _get(doc, "spec")
-    sections: dict[str, Any] = {}
-    for field, model in (
-        ("training", TrainingConfig), ("privacy", PrivacyConfig),
-        ("pii", PiiConfig), ("audit", AuditConfig),
-    ):
-        try:
-            sections[field] = model.model_validate(spec.get(field) or {})
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"spec.{field}." + ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
-                for e in exc.errors(include_input=False)
-            )
-            raise JobSpecError(problems) from None
-    if _get(spec, "model.image", required=False) is not None:
-        raise JobSpecError("spec.model.image (OCI image volumes) runs only in a cluster; "
-                           "use spec.model.pvc locally")
-
-    def pvc(prefix: str) -> Path:
-        claim = str(_get(spec, f"{prefix}.pvc.claimName"))
-        path = _rel(str(_get(spec, f"{prefix}.pvc.path", required=False, default="")),
-                    f"spec.{prefix}.pvc.path")
-        return volumes_root / claim / path
-
-    def secret(prefix: str) -> Path:
-        sname = str(_get(spec, f"{prefix}.keySecret.name"))
-        key = str(_get(spec, f"{prefix}.keySecret.key", required=False, default="key"))
-        return secrets_root / sname / key
-
+    if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+        raise JobSpecError("metadata.name is required")
+    try:
+        job = FineTuneJob.model_validate(
+            {"metadata": doc["metadata"], "spec": doc.get("spec") or {}}
+        )
+    except ValidationError as exc:
+        raise JobSpecError(_problems(exc)) from None
+    spec = job.spec
+    if spec.model.pvc is None:
+        raise JobSpecError(
+            "spec.model.image (OCI image volumes) runs only in a cluster; "
+            "use spec.model.pvc locally"
+        )
+    name = str(job.metadata["name"])
+    if not job.metadata.get("uid"):
+        job.metadata["uid"] = f"local-{name}"
     ckpt_key = secrets_root / f"{name}-checkpoint-key" / "key"
     if not ckpt_key.exists():
         from .crypto import generate_key
@@ -94,34 +77,23 @@ def trainer_config_from_job(
         ckpt_key.parent.mkdir(parents=True, exist_ok=True)
         ckpt_key.write_bytes(generate_key())
         ckpt_key.chmod(0o400)
-    interval = _get(spec, "checkpoints.intervalSteps", required=False, default=50)
-    try:
-        return TrainerConfig(
-            job_name=name,
-            job_uid=str(_get(doc, "metadata.uid", required=False, default="") or f"local-{name}"),
-            model_dir=str(pvc("model")),
-            model_manifest_sha256=_get(spec, "model.manifestSha256", required=False),
-            dataset={
-                "path": str(pvc("dataset")),
-                "format": _get(spec, "dataset.format"),
-                "key_file": str(secret("dataset")),
-            },
-            output_dir=str(pvc("output")),
-            output_key_file=str(secret("output")),
-            checkpoint_dir=str(volumes_root / f"{name}-checkpoints"),
-            checkpoint_key_file=str(ckpt_key),
-            checkpoint_interval_steps=interval,
-            scratch_dir=str(volumes_root / ".scratch"),
-            metrics_port=metrics_port,
-            termination_message_path=str(volumes_root / f"{name}-summary.json"),
-            **sections,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
-            for e in exc.errors(include_input=False)
-        )
-        raise JobSpecError(problems) from None
+    mounts = Mounts(
+        model=str(volumes_root / spec.model.pvc.claim_name),
+        dataset=str(volumes_root / spec.dataset.pvc.claim_name),
+        dataset_key_file=str(
+            secrets_root / spec.dataset.key_secret.name / spec.dataset.key_secret.key
+        ),
+        output=str(volumes_root / spec.output.pvc.claim_name),
+        output_key_file=str(
+            secrets_root / spec.output.key_secret.name / spec.output.key_secret.key
+        ),
+        checkpoints=str(volumes_root / f"{name}-checkpoints"),
+        checkpoint_key_file=str(ckpt_key),
+        scratch=str(volumes_root / ".scratch"),
+        termination_message_path=str(volumes_root / f"{name}-summary.json"),
+        metrics_port=metrics_port,
+    )
+    return TrainerConfig.from_job(job, mounts)
 
 
 def load_job_yaml(path: Path) -> dict[str, Any]:
@@ -166,8 +138,9 @@ def run_train(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = run_job(cfg, device=args.device, progress=progress,
-                         stop_after_steps=args.stop_after_steps)
+        result = run_job(
+            cfg, device=args.device, progress=progress, stop_after_steps=args.stop_after_steps
+        )
     except JobError as exc:
         bar.close()
         print(f"sealtune train: {exc.reason}: {exc}", file=sys.stderr)

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sealtune_api.trainer_config import PrivacyConfig, TrainingConfig
+
 from . import dp
-from .config import PrivacyConfig, TrainingConfig
 from .data import IGNORE_INDEX, Example
 
 

@@ -17,9 +17,9 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from sealtune_api.finetunejob import GROUP, VERSION, FineTuneJobSpec
 from sealtune_operator import kube, metrics
 from sealtune_operator import status as st
-from sealtune_operator.models import GROUP, VERSION, FineTuneJobSpec
 from sealtune_operator.render import finetune as render
 from sealtune_operator.render.common import MANAGED_BY
 from sealtune_operator.settings import OperatorSettings

@@ -23,10 +23,10 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from sealtune_api.finetunejob import GROUP, VERSION
+from sealtune_api.modelserve import ModelServeSpec
 from sealtune_operator import kube, metrics
 from sealtune_operator import status_serve as st
-from sealtune_operator.models import GROUP, VERSION
-from sealtune_operator.models_serve import ModelServeSpec
 from sealtune_operator.render import serve as render
 from sealtune_operator.render.common import MANAGED_BY
 from sealtune_operator.settings import OperatorSettings

@@ -10,7 +10,8 @@ import base64
 import json
 from typing import Any
 
-from sealtune_operator.models import FineTuneJobSpec, PvcPath
+from sealtune_api.finetunejob import FineTuneJob, FineTuneJobSpec, PvcPath
+from sealtune_api.trainer_config import Mounts, TrainerConfig
 from sealtune_operator.render.common import (
     OFFLINE_ENV,
     Manifest,
@@ -22,7 +23,6 @@ from sealtune_operator.render.common import (
     secret_key_volume,
 )
 from sealtune_operator.settings import OperatorSettings
-from sealtune_trainer.config import DatasetFiles, TrainerConfig
 
 KIND = "finetunejob"
 COMPONENT = "trainer"
@@ -57,10 +57,6 @@ class Names:
         self.config_map = f"{job_name}-trainer-config"
         self.service_account = f"{job_name}-trainer"
         self.job = f"{job_name}-trainer"
-
-
-def _join(root: str, path: str) -> str:
-    return f"{root}/{path}".rstrip("/") if path else root
 
 
 def trainer_labels(name: str) -> dict[str, str]:
@@ -127,35 +123,20 @@ def checkpoint_pvc(owner: Manifest, spec: FineTuneJobSpec) -> Manifest:
 def trainer_config(
     owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings
 ) -> TrainerConfig:
-    """The trainer's view of the job: paths as mounted in the pod, sections as written."""
-    meta = owner["metadata"]
-    model_root = MOUNTS["model"]
-    model_path = (
-        spec.model.pvc.path if spec.model.pvc else spec.model.image.path if spec.model.image else ""
-    )
-    return TrainerConfig(
-        job_name=meta["name"],
-        job_uid=meta.get("uid", ""),
-        model_dir=_join(model_root, model_path),
-        model_manifest_sha256=spec.model.manifest_sha256,
-        dataset=DatasetFiles(
-            path=_join(MOUNTS["dataset"], spec.dataset.pvc.path),
-            format=spec.dataset.format,
-            key_file=f"{MOUNTS['dataset-key']}/key",
-        ),
-        output_dir=_join(MOUNTS["output"], spec.output.pvc.path),
+    """The trainer's view of the job: `TrainerConfig.from_job` with the pod's mount points."""
+    mounts = Mounts(
+        model=MOUNTS["model"],
+        dataset=MOUNTS["dataset"],
+        dataset_key_file=f"{MOUNTS['dataset-key']}/key",
+        output=MOUNTS["output"],
         output_key_file=f"{MOUNTS['output-key']}/key",
-        checkpoint_dir=MOUNTS["checkpoints"],
+        checkpoints=MOUNTS["checkpoints"],
         checkpoint_key_file=f"{MOUNTS['checkpoint-key']}/key",
-        checkpoint_interval_steps=spec.checkpoints.interval_steps,
-        scratch_dir=MOUNTS["scratch"],
-        metrics_port=settings.trainer_metrics_port,
+        scratch=MOUNTS["scratch"],
         termination_message_path=TERMINATION_LOG,
-        training=spec.training,
-        privacy=spec.privacy,
-        pii=spec.pii,
-        audit=spec.audit,
+        metrics_port=settings.trainer_metrics_port,
     )
+    return TrainerConfig.from_job(FineTuneJob(metadata=owner["metadata"], spec=spec), mounts)
 
 
 def config_map(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> Manifest:

@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sealtune_operator.models import SecretKeyRef
-from sealtune_operator.models_serve import SERVING_PORT, ModelServeSpec
+from sealtune_api.finetunejob import SecretKeyRef
+from sealtune_api.modelserve import SERVING_PORT, ModelServeSpec
+from sealtune_api.serve_config import AuditLogConfig, ServeConfig
 from sealtune_operator.render.common import (
     OFFLINE_ENV,
     Manifest,
@@ -31,7 +32,6 @@ from sealtune_operator.render.common import (
     secret_key_volume,
 )
 from sealtune_operator.settings import OperatorSettings
-from sealtune_trainer.serve.config import AuditLogConfig, ServeConfig
 
 KIND = "modelserve"
 COMPONENT = "server"

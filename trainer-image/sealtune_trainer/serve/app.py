@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sealtune_api.serve_config import ServeConfig
 from sealtune_trainer.serve import gate
 from sealtune_trainer.serve.apikeys import KeyStore
 from sealtune_trainer.serve.audit import AuditLog
-from sealtune_trainer.serve.config import ServeConfig
 from sealtune_trainer.serve.engine import Engine, Generation, SamplingParams
 from sealtune_trainer.serve.metrics import ServeMetrics
 from sealtune_trainer.serve.pii_filter import OutputFilter, Redact

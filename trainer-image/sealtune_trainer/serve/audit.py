@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sealtune_trainer.serve.config import AuditLogConfig
+from sealtune_api.serve_config import AuditLogConfig
 
 
 class AuditLog:

@@ -115,7 +115,7 @@ _SCALARS = {
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The effective ServeConfig: file (if any) overlaid with the flags that were given."""
-    from sealtune_trainer.serve.config import ServeConfig
+    from sealtune_api.serve_config import ServeConfig
 
     path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
     base = ServeConfig.load(path) if path else ServeConfig.model_validate({})

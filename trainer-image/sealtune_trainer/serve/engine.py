@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from sealtune_trainer.serve.config import ServeConfig
+from sealtune_api.serve_config import ServeConfig
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sealtune_trainer.serve.config import OutputPiiConfig
+from sealtune_api.serve_config import OutputPiiConfig
 
 HOLDBACK = 128
 

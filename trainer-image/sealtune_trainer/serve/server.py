@@ -13,7 +13,7 @@ import signal
 import ssl
 from pathlib import Path
 
-from sealtune_trainer.serve.config import ServeConfig
+from sealtune_api.serve_config import ServeConfig
 
 log = logging.getLogger("sealtune.serve")
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from sealtune_operator.models import GROUP, VERSION, FineTuneJobSpec, FineTuneJobStatus
-from sealtune_operator.models_serve import ModelServeSpec, ModelServeStatus
+from sealtune_api.finetunejob import GROUP, VERSION, FineTuneJobSpec, FineTuneJobStatus
+from sealtune_api.modelserve import ModelServeSpec, ModelServeStatus
 
 Schema = dict[str, Any]
 

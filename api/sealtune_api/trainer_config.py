@@ -1,35 +1,24 @@
 """The trainer's configuration: one pydantic model shared by the trainer and the operator.
 
-This module must stay light (no torch, no transformers): the operator imports it to
-embed `TrainingConfig`, `PrivacyConfig`, `PiiConfig` and `AuditConfig` into the
-FineTuneJob CRD schema, and renders a `TrainerConfig` into the trainer's ConfigMap.
-Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+Part of `sealtune_api` (pydantic only): the operator embeds `TrainingConfig`,
+`PrivacyConfig`, `PiiConfig` and `AuditConfig` into the FineTuneJob CRD schema and
+renders a `TrainerConfig` into the trainer's ConfigMap. Field names are camelCase on the
+wire (Kubernetes convention) and snake_case in Python.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from sealtune_api.base import CamelModel
+
+if TYPE_CHECKING:
+    from sealtune_api.finetunejob import FineTuneJob
 
 PiiEntity = Literal["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IBAN", "IP_ADDRESS", "US_SSN"]
 PII_ENTITIES: tuple[PiiEntity, ...] = get_args(PiiEntity)
-
-
-class CamelModel(BaseModel):
-    """Base for every spec model: camelCase aliases, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """The object as it appears in Kubernetes and in config JSON (camelCase, no Nones)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class TrainingConfig(CamelModel):
@@ -194,3 +183,66 @@ class TrainerConfig(CamelModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @classmethod
+    def from_job(cls, job: FineTuneJob, mounts: Mounts) -> TrainerConfig:
+        """The trainer's view of `job` with its volumes at `mounts`."""
+        return trainer_config_from_job(job, mounts)
+
+
+class Mounts(CamelModel):
+    """Where a job's volumes and Secrets appear to the trainer process.
+
+    In a pod these are the operator's fixed mount points (`/models`, `/data`, ...); for
+    `sealtune train` on a laptop they are local directories that mirror them. Spec paths
+    inside a volume (`spec.dataset.pvc.path`, ...) are joined onto these roots.
+    """
+
+    model: str = Field(description="Root of the base-model volume.")
+    dataset: str = Field(description="Root of the dataset volume.")
+    dataset_key_file: str = Field(description="The dataset key, as mounted.")
+    output: str = Field(description="Root of the output volume.")
+    output_key_file: str = Field(description="The output key, as mounted.")
+    checkpoints: str = Field(description="The per-job checkpoint volume.")
+    checkpoint_key_file: str = Field(description="The per-job checkpoint key, as mounted.")
+    scratch: str = Field(description="Memory-backed scratch directory.")
+    termination_message_path: str = Field(description="Where the summary is written.")
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus port (0: off).")
+
+
+def _join(root: str, path: str) -> str:
+    return f"{root.rstrip('/')}/{path}".rstrip("/") if path else root
+
+
+def trainer_config_from_job(job: FineTuneJob, mounts: Mounts) -> TrainerConfig:
+    """The one FineTuneJob -> TrainerConfig mapping (operator render and `sealtune train`)."""
+    spec = job.spec
+    meta = job.metadata
+    if spec.model.pvc is not None:
+        model_path = spec.model.pvc.path
+    else:
+        assert spec.model.image is not None  # ModelSource validates exactly one
+        model_path = spec.model.image.path
+    return TrainerConfig(
+        job_name=str(meta.get("name", "")),
+        job_uid=str(meta.get("uid", "") or ""),
+        model_dir=_join(mounts.model, model_path),
+        model_manifest_sha256=spec.model.manifest_sha256,
+        dataset=DatasetFiles(
+            path=_join(mounts.dataset, spec.dataset.pvc.path),
+            format=spec.dataset.format,
+            key_file=mounts.dataset_key_file,
+        ),
+        output_dir=_join(mounts.output, spec.output.pvc.path),
+        output_key_file=mounts.output_key_file,
+        checkpoint_dir=mounts.checkpoints,
+        checkpoint_key_file=mounts.checkpoint_key_file,
+        checkpoint_interval_steps=spec.checkpoints.interval_steps,
+        scratch_dir=mounts.scratch,
+        metrics_port=mounts.metrics_port,
+        termination_message_path=mounts.termination_message_path,
+        training=spec.training,
+        privacy=spec.privacy,
+        pii=spec.pii,
+        audit=spec.audit,
+    )

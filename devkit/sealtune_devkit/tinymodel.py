@@ -55,7 +55,9 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     for _ in range(lines):
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
         if rng.random() < 0.4:
-            words.insert(rng.randrange(len(words) + 1), str(rng.randint(0, 10**rng.randint(1, 11))))
+            words.insert(
+                rng.randrange(len(words) + 1), str(rng.randint(0, 10 ** rng.randint(1, 11)))
+            )
         if rng.random() < 0.1:
             words.append(rng.choice(surnames) + rng.choice(surnames))
         sentence = " ".join(words)

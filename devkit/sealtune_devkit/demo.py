@@ -1,4 +1,4 @@
-"""`python -m sealtune_trainer.demo`: the whole trainer story on a laptop CPU in minutes.
+"""`python -m sealtune_devkit.demo`: the whole trainer story on a laptop CPU in minutes.
 
 1. generate a tiny seeded Llama-shaped model + tokenizer (nothing is downloaded),
 2. generate synthetic, fake but checksum-valid patient notes (names, phones, Chinese
@@ -22,16 +22,66 @@ import time
 from pathlib import Path
 from typing import Any
 
-SURNAMES = ["Wang", "Li", "Zhang", "Liu", "Chen", "Yang", "Huang", "Zhao", "Wu", "Zhou",
-            "Smith", "Garcia", "Müller", "Rossi", "Tanaka", "Kim", "Nguyen", "Haddad"]
-GIVEN = ["Wei", "Fang", "Min", "Jing", "Lei", "Yan", "Anna", "Omar", "Sofia", "Lucas",
-         "Mei", "Hao", "Yuki", "Elena", "Ravi", "Chen", "Ming", "Lin"]
-CONDITIONS = ["type 2 diabetes", "asthma", "hypertension", "a fractured wrist",
-              "pneumonia", "migraine", "an allergic rash", "acute bronchitis"]
-PLANS = ["metformin twice daily and a diet review", "an inhaler and rest",
-         "amlodipine daily and blood pressure checks", "a cast for six weeks",
-         "antibiotics for seven days", "rest, water and pain relief",
-         "antihistamines and a follow up visit", "cough syrup and rest"]
+SURNAMES = [
+    "Wang",
+    "Li",
+    "Zhang",
+    "Liu",
+    "Chen",
+    "Yang",
+    "Huang",
+    "Zhao",
+    "Wu",
+    "Zhou",
+    "Smith",
+    "Garcia",
+    "Müller",
+    "Rossi",
+    "Tanaka",
+    "Kim",
+    "Nguyen",
+    "Haddad",
+]
+GIVEN = [
+    "Wei",
+    "Fang",
+    "Min",
+    "Jing",
+    "Lei",
+    "Yan",
+    "Anna",
+    "Omar",
+    "Sofia",
+    "Lucas",
+    "Mei",
+    "Hao",
+    "Yuki",
+    "Elena",
+    "Ravi",
+    "Chen",
+    "Ming",
+    "Lin",
+]
+CONDITIONS = [
+    "type 2 diabetes",
+    "asthma",
+    "hypertension",
+    "a fractured wrist",
+    "pneumonia",
+    "migraine",
+    "an allergic rash",
+    "acute bronchitis",
+]
+PLANS = [
+    "metformin twice daily and a diet review",
+    "an inhaler and rest",
+    "amlodipine daily and blood pressure checks",
+    "a cast for six weeks",
+    "antibiotics for seven days",
+    "rest, water and pain relief",
+    "antihistamines and a follow up visit",
+    "cough syrup and rest",
+]
 
 # Marker strings that must never appear in any file under the output/checkpoint dirs.
 PLAINTEXT_MARKERS = ("Patient", "phone", "instruction", "safetensors", "lora_A", "adapter_config")
@@ -39,7 +89,7 @@ PLAINTEXT_MARKERS = ("Patient", "phone", "instruction", "safetensors", "lora_A",
 
 def make_patient_notes(n: int, seed: int) -> list[dict[str, str]]:
     """Alpaca records: a clinic note with name, phone and Chinese ID -> a summary."""
-    from .pii_corpus import cn_id, phone
+    from sealtune_devkit.pii_corpus import cn_id, phone
 
     rng = random.Random(seed)
     out = []
@@ -47,20 +97,25 @@ def make_patient_notes(n: int, seed: int) -> list[dict[str, str]]:
         name = f"{rng.choice(GIVEN)} {rng.choice(SURNAMES)}"
         k = rng.randrange(len(CONDITIONS))
         age = rng.randint(18, 90)
-        note = (f"Patient {name}, age {age}, ID {cn_id(rng)}, phone {phone(rng)}, "
-                f"presented with {CONDITIONS[k]}.")
-        out.append({
-            "instruction": "Summarize the clinic note and give the treatment plan.",
-            "input": note,
-            "output": f"{name} ({age}) has {CONDITIONS[k]}; plan: {PLANS[k]}.",
-        })
+        note = (
+            f"Patient {name}, age {age}, ID {cn_id(rng)}, phone {phone(rng)}, "
+            f"presented with {CONDITIONS[k]}."
+        )
+        out.append(
+            {
+                "instruction": "Summarize the clinic note and give the treatment plan.",
+                "input": note,
+                "output": f"{name} ({age}) has {CONDITIONS[k]}; plan: {PLANS[k]}.",
+            }
+        )
     return out
 
 
-def scan_ciphertext_only(dirs: list[Path], markers: tuple[str, ...] = PLAINTEXT_MARKERS,
-                         extra: tuple[bytes, ...] = ()) -> list[str]:
+def scan_ciphertext_only(
+    dirs: list[Path], markers: tuple[str, ...] = PLAINTEXT_MARKERS, extra: tuple[bytes, ...] = ()
+) -> list[str]:
     """Problems found: files without the crypto magic, or containing a plaintext marker."""
-    from .crypto import MAGIC
+    from sealtune_trainer.crypto import MAGIC
 
     problems: list[str] = []
     needles = [m.encode() for m in markers] + list(extra)
@@ -78,38 +133,85 @@ def scan_ciphertext_only(dirs: list[Path], markers: tuple[str, ...] = PLAINTEXT_
     return problems
 
 
-def job_yaml(name: str, manifest: str, *, records: int, epochs: int, batch: int,
-             canaries: int, reps: int, epsilon: float, lr: float) -> dict[str, Any]:
+def job_yaml(
+    name: str,
+    manifest: str,
+    *,
+    records: int,
+    epochs: int,
+    batch: int,
+    canaries: int,
+    reps: int,
+    epsilon: float,
+    lr: float,
+) -> dict[str, Any]:
     return {
         "apiVersion": "sealtune.io/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
-            "model": {"pvc": {"claimName": "base-models", "path": "tiny-llama"},
-                      "manifestSha256": manifest},
-            "dataset": {"pvc": {"claimName": "clinical-data", "path": "notes.alpaca.jsonl.enc"},
-                        "format": "alpaca", "keySecret": {"name": "clinical-data-key"}},
-            "pii": {"entities": ["EMAIL", "PHONE", "CN_ID", "BANK_CARD", "IBAN",
-                                 "IP_ADDRESS", "US_SSN"], "mode": "mask"},
-            "training": {"method": "lora", "rank": 8, "alpha": 16,
-                         "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                         "epochs": epochs, "learningRate": lr, "batchSize": batch,
-                         "microBatchSize": 16, "maxSeqLength": 128, "seed": 42},
-            "privacy": {"enabled": True, "targetEpsilon": epsilon, "delta": 1.0 / (records * 10),
-                        "maxGradNorm": 1.0, "accountant": "prv"},
-            "output": {"pvc": {"claimName": "adapters", "path": name},
-                       "keySecret": {"name": "adapter-output-key"}},
+            "model": {
+                "pvc": {"claimName": "base-models", "path": "tiny-llama"},
+                "manifestSha256": manifest,
+            },
+            "dataset": {
+                "pvc": {"claimName": "clinical-data", "path": "notes.alpaca.jsonl.enc"},
+                "format": "alpaca",
+                "keySecret": {"name": "clinical-data-key"},
+            },
+            "pii": {
+                "entities": [
+                    "EMAIL",
+                    "PHONE",
+                    "CN_ID",
+                    "BANK_CARD",
+                    "IBAN",
+                    "IP_ADDRESS",
+                    "US_SSN",
+                ],
+                "mode": "mask",
+            },
+            "training": {
+                "method": "lora",
+                "rank": 8,
+                "alpha": 16,
+                "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                "epochs": epochs,
+                "learningRate": lr,
+                "batchSize": batch,
+                "microBatchSize": 16,
+                "maxSeqLength": 128,
+                "seed": 42,
+            },
+            "privacy": {
+                "enabled": True,
+                "targetEpsilon": epsilon,
+                "delta": 1.0 / (records * 10),
+                "maxGradNorm": 1.0,
+                "accountant": "prv",
+            },
+            "output": {
+                "pvc": {"claimName": "adapters", "path": name},
+                "keySecret": {"name": "adapter-output-key"},
+            },
             "checkpoints": {"intervalSteps": 10},
-            "audit": {"canaries": canaries, "canaryRepetitions": reps,
-                      "maxCanaryExposure": 8.0, "membershipAucThreshold": 0.6,
-                      "heldOutFraction": 0.2},
+            "audit": {
+                "canaries": canaries,
+                "canaryRepetitions": reps,
+                "maxCanaryExposure": 8.0,
+                "membershipAucThreshold": 0.6,
+                "heldOutFraction": 0.2,
+            },
         },
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sealtune_trainer.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m sealtune_devkit.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default="demo-out", help="demo directory (recreated)")
     ap.add_argument("--records", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=3)
@@ -120,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--canary-repetitions", type=int, default=4)
     args = ap.parse_args(argv)
 
-    from .crypto import generate_key, write_encrypted_bytes
-    from .logs import quiet_libraries
-    from .tinymodel import make_tiny_llama, manifest_digest
+    from sealtune_devkit.tinymodel import make_tiny_llama, manifest_digest
+    from sealtune_trainer.crypto import generate_key, write_encrypted_bytes
+    from sealtune_trainer.logs import quiet_libraries
 
     quiet_libraries()
     t0 = time.perf_counter()
@@ -131,8 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     vols, secrets = out / "volumes", out / "secrets"
     print(f"[1/4] tiny seeded Llama + tokenizer -> {vols / 'base-models/tiny-llama'}")
-    model_dir = make_tiny_llama(vols / "base-models" / "tiny-llama", seed=0, hidden_size=64,
-                                num_layers=2, num_heads=4, vocab_size=512)
+    model_dir = make_tiny_llama(
+        vols / "base-models" / "tiny-llama",
+        seed=0,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        vocab_size=512,
+    )
     manifest = manifest_digest(model_dir)
 
     print(f"[2/4] {args.records} synthetic patient notes, encrypted (plaintext never written)")
@@ -148,21 +256,44 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    job = job_yaml("clinical-notes-demo", manifest, records=args.records, epochs=args.epochs,
-                   batch=args.batch, canaries=args.canaries, reps=args.canary_repetitions,
-                   epsilon=args.epsilon, lr=args.lr)
+    job = job_yaml(
+        "clinical-notes-demo",
+        manifest,
+        records=args.records,
+        epochs=args.epochs,
+        batch=args.batch,
+        canaries=args.canaries,
+        reps=args.canary_repetitions,
+        epsilon=args.epsilon,
+        lr=args.lr,
+    )
     job_path = out / "finetunejob.yaml"
     job_path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
     print(f"[3/4] sealtune train --config {job_path}")
     summary_path = out / "summary.json"
     cli = "import sys; from sealtune_trainer.cli import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", cli, "train", "--config", str(job_path),
-           "--volumes-root", str(vols), "--secrets-root", str(secrets),
-           "--summary-out", str(summary_path), "--quiet", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-c",
+        cli,
+        "train",
+        "--config",
+        str(job_path),
+        "--volumes-root",
+        str(vols),
+        "--secrets-root",
+        str(secrets),
+        "--summary-out",
+        str(summary_path),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     env = dict(os.environ)
     env.setdefault("SEALTUNE_CPU_THREADS", "1")  # a tiny model: one thread is fastest
-    package_root = str(Path(__file__).resolve().parents[1])  # works without an install too
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    repo = Path(__file__).resolve().parents[2]  # works without an install too
+    roots = [str(repo / d) for d in ("api", "trainer-image")]
+    env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         print(f"training failed (exit {proc.returncode})", file=sys.stderr)
@@ -178,11 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         ("accountant", priv["accountant"]),
         ("steps", f"{summary['steps']}/{summary['totalSteps']}"),
         ("loss first -> final", f"{summary.get('firstLoss')} -> {summary['finalLoss']}"),
-        ("membership-inference AUC", f"{audit.get('membershipAuc')} "
-                                     f"(max {audit.get('membershipAucThreshold')})"),
-        ("canary exposure mean/max (bits)", f"{audit.get('canaryExposure')} / "
-                                            f"{audit.get('canaryExposureMax')} "
-                                            f"(max {audit.get('maxCanaryExposure')})"),
+        (
+            "membership-inference AUC",
+            f"{audit.get('membershipAuc')} (max {audit.get('membershipAucThreshold')})",
+        ),
+        (
+            "canary exposure mean/max (bits)",
+            f"{audit.get('canaryExposure')} / "
+            f"{audit.get('canaryExposureMax')} "
+            f"(max {audit.get('maxCanaryExposure')})",
+        ),
         ("audit verdict", audit.get("verdict")),
         ("redactions", ", ".join(f"{k}={v}" for k, v in summary["redactions"].items())),
         ("adapter", summary["adapter"]["path"]),
@@ -197,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("PLAINTEXT FOUND:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    print(f"  ciphertext check: {n_files} files in output/checkpoint/dataset volumes, all "
-          "start with the Sealtune magic, no plaintext marker found")
+    print(
+        f"  ciphertext check: {n_files} files in output/checkpoint/dataset volumes, all "
+        "start with the Sealtune magic, no plaintext marker found"
+    )
     print(f"done in {time.perf_counter() - t0:.0f}s")
     return 0
 

@@ -3,18 +3,18 @@
 These pydantic models are the one source of truth: `hack/gen_crds.py` turns them into
 the CRD's OpenAPI schema (descriptions, defaults, CEL rules) and the operator parses
 every object it handles through them. The training, privacy, PII and audit sections
-are the trainer's own models (`sealtune_trainer.config`), embedded unchanged.
+are the trainer's own models (`sealtune_api.trainer_config`), embedded unchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from sealtune_trainer.config import (
+from sealtune_api.base import CamelModel, DnsName, Quantity, cel, dns_name, immutable, quantity
+from sealtune_api.trainer_config import (
     AuditConfig,
-    CamelModel,
     PiiConfig,
     PrivacyConfig,
     TrainingConfig,
@@ -24,38 +24,16 @@ GROUP = "sealtune.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# CEL: a DNS-1123 subdomain, as Secret and PVC names must be.
-_DNS_NAME_RULE: dict[str, Any] = {
-    "rule": "!format.dns1123Subdomain().validate(self).hasValue()",
-    "message": "must be a valid DNS subdomain name: lowercase letters, digits, '-' and '.', "
-    "starting and ending with a letter or digit",
-}
-
-
-def _immutable(section: str) -> dict[str, Any]:
-    return {"rule": "self == oldSelf", "message": f"spec.{section} is immutable once set"}
-
-
-def _cel(*rules: dict[str, Any]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": list(rules)}
-
-
-def _dns_name(description: str, default: str | None = None) -> Any:
-    kwargs: dict[str, Any] = {"description": description, "min_length": 1, "max_length": 253}
-    if default is not None:
-        kwargs["default"] = default
-    return Field(json_schema_extra=_cel(_DNS_NAME_RULE), **kwargs)
-
 
 class PvcPath(CamelModel):
     """A path inside an existing PersistentVolumeClaim in the job's namespace."""
 
-    claim_name: str = _dns_name("Name of the PersistentVolumeClaim.")
+    claim_name: DnsName = dns_name("Name of the PersistentVolumeClaim.")
     path: str = Field(
         "",
         max_length=1024,
         description="Relative path inside the volume ('' for its root); no leading '/', no '..'.",
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "!self.startsWith('/') && !('..' in self.split('/'))",
                 "message": "must be a relative path inside the volume, without '..'",
@@ -63,11 +41,19 @@ class PvcPath(CamelModel):
         ),
     )
 
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        # Mirrors the CEL rule above for configs that never pass the API server.
+        if v.startswith("/") or ".." in v.split("/"):
+            raise ValueError("must be a relative path inside the volume, without '..'")
+        return v
+
 
 class SecretKeyRef(CamelModel):
     """A key inside a Secret; it is mounted read-only into the pod, never put in env."""
 
-    name: str = _dns_name("Name of the Secret in the job's namespace.")
+    name: DnsName = dns_name("Name of the Secret in the job's namespace.")
     key: str = Field(
         "key",
         min_length=1,
@@ -84,7 +70,7 @@ class ImageSource(CamelModel):
         max_length=1024,
         description="Image reference pinned by digest, e.g. "
         "registry.local/models/llama@sha256:<64 hex>.",
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "self.matches('@sha256:[a-f0-9]{64}$')",
                 "message": "spec.model.image.reference must be pinned by digest "
@@ -99,7 +85,7 @@ class ModelSource(CamelModel):
     """The base model: exactly one of a PVC path or a digest-pinned OCI image."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "(has(self.pvc) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1",
                 "message": "spec.model must set exactly one of pvc or image",
@@ -115,6 +101,12 @@ class ModelSource(CamelModel):
         description="sha256 of the model's SHA256SUMS manifest; the trainer verifies every file "
         "against the manifest before loading.",
     )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.pvc is None) == (self.image is None):
+            raise ValueError("spec.model must set exactly one of pvc or image")
+        return self
 
 
 class DatasetSource(CamelModel):
@@ -142,18 +134,15 @@ class OutputSpec(CamelModel):
 class CheckpointSpec(CamelModel):
     """Per-job checkpoint volume; checkpoints are encrypted with a per-job key."""
 
-    storage_class_name: str = _dns_name(
+    storage_class_name: DnsName = dns_name(
         "StorageClass of the checkpoint PVC; must be in the operator's allowlist of encrypting "
         "storage classes.",
         default="encrypted",
     )
-    size: str = Field(
+    size: Quantity = quantity(
         "20Gi",
-        max_length=64,
-        description="Size of the checkpoint PVC (a Kubernetes quantity such as 50Gi).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 50Gi"}
-        ),
+        "Size of the checkpoint PVC (a Kubernetes quantity such as 50Gi).",
+        "50Gi",
     )
     interval_steps: int = Field(
         50, ge=1, le=1_000_000, description="Write a checkpoint every N steps."
@@ -167,29 +156,20 @@ class ResourceSpec(CamelModel):
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU."
     )
-    cpu: str = Field(
+    cpu: Quantity = quantity(
         "4",
-        max_length=64,
-        description="CPU request and limit (quantity).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 4 or 500m"}
-        ),
+        "CPU request and limit (quantity).",
+        "4 or 500m",
     )
-    memory: str = Field(
+    memory: Quantity = quantity(
         "32Gi",
-        max_length=64,
-        description="Memory request and limit (quantity).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 32Gi"}
-        ),
+        "Memory request and limit (quantity).",
+        "32Gi",
     )
-    scratch_size: str = Field(
+    scratch_size: Quantity = quantity(
         "8Gi",
-        max_length=64,
-        description="Size limit of the memory-backed scratch volume (counts against memory).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 8Gi"}
-        ),
+        "Size limit of the memory-backed scratch volume (counts against memory).",
+        "8Gi",
     )
     nodes: int = Field(
         1, ge=1, le=1, description="Number of nodes. Only single-node training is supported yet."
@@ -233,10 +213,10 @@ class FineTuneJobSpec(CamelModel):
     """Desired state of a differentially private LoRA fine-tune on encrypted data."""
 
     model: ModelSource = Field(
-        description="Base model to fine-tune.", json_schema_extra=_cel(_immutable("model"))
+        description="Base model to fine-tune.", json_schema_extra=cel(immutable("model"))
     )
     dataset: DatasetSource = Field(
-        description="Encrypted training data.", json_schema_extra=_cel(_immutable("dataset"))
+        description="Encrypted training data.", json_schema_extra=cel(immutable("dataset"))
     )
     pii: PiiConfig = Field(
         default_factory=PiiConfig, description="PII redaction before tokenization."
@@ -244,14 +224,14 @@ class FineTuneJobSpec(CamelModel):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="LoRA/QLoRA hyper-parameters.",
-        json_schema_extra=_cel(
-            _immutable("training"),
+        json_schema_extra=cel(
+            immutable("training"),
         ),
     )
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig,
         description="Differential privacy budget and clipping.",
-        json_schema_extra=_cel(_immutable("privacy")),
+        json_schema_extra=cel(immutable("privacy")),
     )
     output: OutputSpec = Field(description="Where the encrypted adapter is written.")
     checkpoints: CheckpointSpec = Field(

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, model_validator
 
-from sealtune_trainer.config import PII_ENTITIES, CamelModel, PiiEntity
+from sealtune_api.base import CamelModel
+from sealtune_api.trainer_config import PII_ENTITIES, PiiEntity
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

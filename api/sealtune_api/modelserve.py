@@ -2,7 +2,7 @@
 
 Like `models.py` for FineTuneJob, these models are the one source of truth for the CRD
 schema (`hack/gen_crds.py`) and for what the operator parses. The output PII filter and
-the rate limit are the server's own models (`sealtune_trainer.serve.config`), embedded
+the rate limit are the server's own models (`sealtune_api.serve_config`), embedded
 unchanged, so the ConfigMap the operator renders is exactly what the server validates.
 """
 
@@ -12,17 +12,15 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from sealtune_operator.models import (
+from sealtune_api.base import CamelModel, DnsName, Quantity, cel, dns_name, quantity
+from sealtune_api.finetunejob import (
     API_VERSION,
     Condition,
     ModelSource,
     PvcPath,
     SecretKeyRef,
-    _cel,
-    _dns_name,
 )
-from sealtune_trainer.config import CamelModel
-from sealtune_trainer.serve.config import OutputPiiConfig, RateLimitConfig
+from sealtune_api.serve_config import OutputPiiConfig, RateLimitConfig
 
 SERVING_PORT = 8443
 
@@ -30,7 +28,7 @@ SERVING_PORT = 8443
 class FineTuneJobRef(CamelModel):
     """A FineTuneJob in the ModelServe's namespace whose adapter is served."""
 
-    name: str = _dns_name(
+    name: DnsName = dns_name(
         "Name of the FineTuneJob. The adapter's PVC, path and key Secret come from its "
         "spec.output; serving waits until it has succeeded and passed its audit."
     )
@@ -40,7 +38,7 @@ class AdapterSource(CamelModel):
     """The encrypted LoRA adapter: a FineTuneJob's result, or a file on a PVC plus its key."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "(has(self.fineTuneJob) ? 1 : 0) + (has(self.pvc) ? 1 : 0) == 1",
                 "message": "spec.adapter must set exactly one of fineTuneJob or pvc",
@@ -73,7 +71,7 @@ class AdapterSource(CamelModel):
 class SecretRef(CamelModel):
     """A whole Secret, mounted read-only (mode 0400) into the serving pods."""
 
-    name: str = _dns_name("Name of the Secret in the ModelServe's namespace.")
+    name: DnsName = dns_name("Name of the Secret in the ModelServe's namespace.")
 
 
 class PodPeer(CamelModel):
@@ -88,7 +86,7 @@ class PodPeer(CamelModel):
         None,
         max_length=63,
         description="Namespace of the client pods (default: the ModelServe's own namespace).",
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "!format.dns1123Label().validate(self).hasValue()",
                 "message": "must be a valid namespace name",
@@ -140,7 +138,7 @@ class AuditLoggingSpec(CamelModel):
     """One JSON audit line per request, on the server's stdout."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "!(has(self.logPrompts) && self.logPrompts) || "
                 "!has(self.enabled) || self.enabled",
@@ -162,34 +160,25 @@ class AuditLoggingSpec(CamelModel):
 class ServeResources(CamelModel):
     """Compute for each serving pod."""
 
-    cpu: str = Field(
+    cpu: Quantity = quantity(
         "2",
-        max_length=64,
-        description="CPU request and limit of the server container (quantity).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 2 or 500m"}
-        ),
+        "CPU request and limit of the server container (quantity).",
+        "2 or 500m",
     )
-    memory: str = Field(
+    memory: Quantity = quantity(
         "8Gi",
-        max_length=64,
-        description="Memory request and limit of the server container (quantity).",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 8Gi"}
-        ),
+        "Memory request and limit of the server container (quantity).",
+        "8Gi",
     )
     gpus: int = Field(0, ge=0, le=16, description="GPUs per pod (vLLM needs at least 1).")
     gpu_resource_name: str = Field(
         "nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU."
     )
-    scratch_size: str = Field(
+    scratch_size: Quantity = quantity(
         "1Gi",
-        max_length=64,
-        description="Size limit of the memory-backed scratch volumes (/tmp, caches, and for "
+        "Size limit of the memory-backed scratch volumes (/tmp, caches, and for "
         "vLLM the decrypted adapter); counts against memory.",
-        json_schema_extra=_cel(
-            {"rule": "isQuantity(self)", "message": "must be a quantity such as 1Gi"}
-        ),
+        "1Gi",
     )
 
 
@@ -197,7 +186,7 @@ class ModelServeSpec(CamelModel):
     """Desired state of a TLS-only, API-key-protected inference service for an adapter."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(
+        json_schema_extra=cel(
             {
                 "rule": "!has(self.runtime) || self.runtime != 'vllm' || "
                 "(has(self.resources) && has(self.resources.gpus) && self.resources.gpus >= 1)",
