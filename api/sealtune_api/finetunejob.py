@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sealtune_api.base import CamelModel, DnsName, Quantity, cel, dns_name, immutable, quantity
+from sealtune_api.summary import LedgerEntry
 from sealtune_api.trainer_config import (
     AuditConfig,
     PiiConfig,
@@ -274,7 +275,6 @@ class ProgressStatus(CamelModel):
     total_steps: int = Field(0, description="Optimizer steps planned.")
     percent: int = Field(0, description="step / totalSteps in percent.")
     epoch: float = Field(0.0, description="Epochs done (fractional).")
-    loss: float | None = Field(None, description="Latest training loss.")
 
 
 class PrivacyStatus(CamelModel):
@@ -286,16 +286,31 @@ class PrivacyStatus(CamelModel):
     )
     delta: float | None = Field(None, description="Delta of the guarantee.")
     noise_multiplier: float | None = Field(None, description="Gaussian noise multiplier used.")
+    target_epsilon: float | None = Field(None, description="The budget the job was given.")
+    accountant: str | None = Field(None, description="Privacy accountant (prv or rdp).")
+    unit: str | None = Field(None, description="Privacy unit: record or user.")
+    group_epsilon: dict[str, float] | None = Field(
+        None,
+        description="Epsilon for a group of k records (keys k = 2, 5, 10) by group privacy; "
+        "relevant when one person has several records and the unit is `record`.",
+    )
+    ledger: list[LedgerEntry] | None = Field(
+        None,
+        description="Every statistic released by the trainer, with its mechanism and epsilon "
+        "share (the privacy ledger).",
+    )
 
 
 class AuditStatus(CamelModel):
     """Memorization audit results."""
 
     verdict: Literal["passed", "failed"] | None = Field(None, description="passed or failed.")
-    membership_auc: float | None = Field(
-        None, description="Loss-threshold membership-inference AUC."
-    )
     canary_exposure: float | None = Field(None, description="Mean canary exposure in bits.")
+    epsilon_lower_bound: float | None = Field(
+        None,
+        description="One-run empirical epsilon lower bound at 95% (Steinke et al. 2023); the "
+        "audit fails when it exceeds the accountant's epsilon.",
+    )
     reasons: list[str] = Field(default_factory=list, description="Why the audit failed, if it did.")
 
 
@@ -325,9 +340,6 @@ class FineTuneJobStatus(CamelModel):
     privacy: PrivacyStatus | None = Field(None, description="Privacy guarantee spent.")
     audit: AuditStatus | None = Field(None, description="Memorization audit results.")
     output: OutputStatus | None = Field(None, description="The encrypted adapter.")
-    redactions: dict[str, int] | None = Field(
-        None, description="PII values redacted, counted by entity type (never the values)."
-    )
     start_time: str | None = Field(None, description="When the trainer started.")
     completion_time: str | None = Field(None, description="When the trainer finished.")
 

@@ -58,7 +58,11 @@ class TrainingConfig(CamelModel):
         512, ge=8, le=131072, description="Tokens per sample after truncation."
     )
     seed: int = Field(
-        42, ge=0, le=2**31 - 1, description="Seed for initialisation, sampling and noise."
+        42,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed for public choices only (LoRA initialisation, non-DP data order). "
+        "DP sampling, noise, the held-out split and canaries use a per-job secret.",
     )
 
 
@@ -94,7 +98,11 @@ class PrivacyConfig(CamelModel):
         1e-5, description="Privacy parameter delta, 0 < delta < 1; choose below 1/dataset size."
     )
     max_grad_norm: float = Field(
-        1.0, gt=0, description="Per-sample gradient clipping norm C (> 0)."
+        0.1,
+        gt=0,
+        description="Per-sample gradient clipping norm C (> 0). The default fits LoRA: "
+        "per-sample LoRA gradient norms sit well below 1, so C=1 clips nothing and "
+        "calibrates the noise to a sensitivity the gradients never reach.",
     )
     accountant: Literal["prv", "rdp"] = Field(
         "prv", description="Privacy accountant: `prv` (tight, default) or `rdp`."
@@ -145,8 +153,9 @@ class AuditConfig(CamelModel):
         0.6,
         ge=0.5,
         le=1,
-        description="Fail the audit when the loss-threshold membership-inference ROC AUC exceeds "
-        "this.",
+        description="Deprecated and ignored: a membership score computed on private held-out "
+        "records is an un-noised statistic of the data, so the job no longer computes or "
+        "releases it; the audit uses canaries and the one-run epsilon lower bound instead.",
     )
     held_out_fraction: float = Field(
         0.1, gt=0, lt=0.5, description="Share of records held out as non-members for the audit."
@@ -173,6 +182,11 @@ class TrainerConfig(CamelModel):
     dataset: DatasetFiles
     output_dir: str = Field(description="Directory that receives the encrypted adapter.")
     output_key_file: str = Field(description="File holding the output key.")
+    output_subpath: str = Field(
+        "",
+        description="`spec.output.pvc.path`: the adapter's path in status is relative to "
+        "the output volume, as documented, not the in-pod mount path.",
+    )
     checkpoint_dir: str = Field(description="Directory for encrypted checkpoints.")
     checkpoint_key_file: str = Field(description="File holding the per-job checkpoint key.")
     checkpoint_interval_steps: int = Field(50, ge=1)
@@ -235,6 +249,7 @@ def trainer_config_from_job(job: FineTuneJob, mounts: Mounts) -> TrainerConfig:
         ),
         output_dir=_join(mounts.output, spec.output.pvc.path),
         output_key_file=mounts.output_key_file,
+        output_subpath=spec.output.pvc.path,
         checkpoint_dir=mounts.checkpoints,
         checkpoint_key_file=mounts.checkpoint_key_file,
         checkpoint_interval_steps=spec.checkpoints.interval_steps,

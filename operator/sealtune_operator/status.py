@@ -6,10 +6,18 @@ it and whether the result differs from what is stored.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from sealtune_api.finetunejob import (
+    AuditStatus,
+    FineTuneJobStatus,
+    OutputStatus,
+    PrivacyStatus,
+    ProgressStatus,
+)
+from sealtune_api.summary import TrainerSummary
 
 Manifest = dict[str, Any]
 
@@ -36,7 +44,7 @@ class Observation:
     phase: str
     reason: str
     message: str
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: TrainerSummary | None = None
     start_time: str | None = None
     completion_time: str | None = None
 
@@ -52,24 +60,19 @@ def _container_statuses(pod: Manifest) -> list[Manifest]:
     return list((pod.get("status") or {}).get("containerStatuses") or [])
 
 
-def termination_summary(pods: list[Manifest]) -> dict[str, Any]:
-    """The trainer's JSON summary from the newest terminated container, if any."""
-    newest: tuple[str, dict[str, Any]] | None = None
+def termination_summary(pods: list[Manifest]) -> TrainerSummary | None:
+    """The trainer's summary from the newest terminated container, if it wrote one."""
+    newest: tuple[str, TrainerSummary] | None = None
     for pod in pods:
         for cs in _container_statuses(pod):
             term = (cs.get("state") or {}).get("terminated") or {}
             message = term.get("message")
-            if not message:
-                continue
-            try:
-                parsed = json.loads(message)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
+            parsed = TrainerSummary.parse(message) if message else None
+            if parsed is not None:
                 finished = str(term.get("finishedAt") or "")
                 if newest is None or finished >= newest[0]:
                     newest = (finished, parsed)
-    return newest[1] if newest else {}
+    return newest[1] if newest else None
 
 
 def _terminated(pods: list[Manifest]) -> Manifest | None:
@@ -117,9 +120,20 @@ def observe(job: Manifest | None, pods: list[Manifest]) -> Observation:
     summary = termination_summary(pods)
     if _job_condition(job, "Complete"):
         done = status.get("completionTime")
-        audit = summary.get("audit") or {}
-        if audit.get("verdict") == "failed":
-            reasons = "; ".join(str(r) for r in audit.get("reasons") or []) or "thresholds exceeded"
+        if summary is None or summary.phase != "Succeeded":
+            # Never report success without the trainer's own word for it.
+            return Observation(
+                "Failed",
+                "NoSummary",
+                "the trainer exited 0 but left no readable summary (termination message); "
+                "see the trainer pod's log",
+                summary,
+                start,
+                done,
+            )
+        audit = summary.audit
+        if audit is not None and audit.verdict == "failed":
+            reasons = "; ".join(audit.reasons) or "thresholds exceeded"
             return Observation(
                 "Failed",
                 "AuditFailed",
@@ -159,12 +173,12 @@ def observe(job: Manifest | None, pods: list[Manifest]) -> Observation:
                 start,
                 finished,
             )
-        error = summary.get("error") or {}
-        if isinstance(error, dict) and error.get("reason"):
+        error = summary.error if summary is not None else None
+        if error is not None:
             return Observation(
                 "Failed",
-                str(error["reason"]),
-                str(error.get("message", "")),
+                error.reason,
+                error.message,
                 summary,
                 start,
                 finished,
@@ -226,61 +240,42 @@ def set_condition(
     return sorted(out, key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
 
-def _summary_fields(summary: dict[str, Any]) -> dict[str, Any]:
-    """Copy the trainer's summary into status fields (numbers and digests only)."""
-    out: dict[str, Any] = {}
-    privacy = summary.get("privacy") or summary
-    eps = privacy.get("epsilon")
-    if "epsilon" in privacy or "dp_enabled" in privacy or "dpEnabled" in privacy:
-        dp_enabled = bool(privacy.get("dpEnabled", privacy.get("dp_enabled", eps is not None)))
-        finite = isinstance(eps, (int, float)) and eps != float("inf")
-        eps = float(eps) if finite and eps is not None else None
-        out["privacy"] = {
-            "dpEnabled": dp_enabled and finite,
-            **({"epsilonSpent": eps} if eps is not None else {}),
-            **(
-                {"delta": float(privacy["delta"])}
-                if isinstance(privacy.get("delta"), (int, float))
-                else {}
-            ),
-        }
-        nm = privacy.get("noiseMultiplier", privacy.get("noise_multiplier"))
-        if isinstance(nm, (int, float)):
-            out["privacy"]["noiseMultiplier"] = float(nm)
-    audit = summary.get("audit")
-    if isinstance(audit, dict):
-        out["audit"] = {
-            k: v
-            for k, v in {
-                "verdict": audit.get("verdict"),
-                "membershipAuc": audit.get("membershipAuc", audit.get("membership_auc")),
-                "canaryExposure": audit.get("canaryExposure", audit.get("canary_exposure")),
-                "reasons": [str(r) for r in audit.get("reasons") or []],
-            }.items()
-            if v is not None
-        }
-    adapter = summary.get("adapter") or summary.get("output")
-    if isinstance(adapter, dict) and adapter.get("sha256"):
-        out["output"] = {"path": adapter.get("path"), "sha256": adapter["sha256"]}
-    steps = summary.get("steps")
-    if isinstance(steps, int):
-        out["progress"] = {
-            "step": steps,
-            "totalSteps": int(
-                summary.get("totalSteps", summary.get("total_steps", steps)) or steps
-            ),
-            "percent": 100,
-            "epoch": float(summary.get("epochs", 0) or 0),
-            **(
-                {"loss": float(summary["finalLoss"])}
-                if isinstance(summary.get("finalLoss"), (int, float))
-                else {}
-            ),
-        }
-    redactions = summary.get("redactions")
-    if isinstance(redactions, dict):
-        out["redactions"] = {str(k): int(v) for k, v in redactions.items() if isinstance(v, int)}
-    return out
+def _summary_fields(summary: TrainerSummary | None) -> dict[str, Any]:
+    """Status sections from the trainer's typed summary (numbers and digests only)."""
+    if summary is None:
+        return {}
+    out = FineTuneJobStatus()
+    if summary.privacy is not None:
+        pv = summary.privacy
+        out.privacy = PrivacyStatus(
+            dp_enabled=pv.dp_enabled and pv.epsilon is not None,
+            epsilon_spent=pv.epsilon,
+            target_epsilon=pv.target_epsilon,
+            delta=pv.delta,
+            noise_multiplier=pv.noise_multiplier,
+            accountant=pv.accountant,
+            unit=pv.unit,
+            group_epsilon=pv.group_epsilon or None,
+            ledger=pv.ledger or None,
+        )
+    if summary.audit is not None:
+        out.audit = AuditStatus(
+            verdict=summary.audit.verdict,
+            canary_exposure=summary.audit.canary_exposure,
+            epsilon_lower_bound=summary.audit.epsilon_lower_bound,
+            reasons=summary.audit.reasons,
+        )
+    if summary.adapter is not None:
+        out.output = OutputStatus(path=summary.adapter.path, sha256=summary.adapter.sha256)
+    if summary.steps is not None:
+        total = summary.total_steps or summary.steps
+        out.progress = ProgressStatus(
+            step=summary.steps,
+            total_steps=total,
+            percent=int(100 * summary.steps / total) if total else 100,
+            epoch=float(summary.epochs or 0),
+        )
+    return out.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
 
 
 def job_status(
@@ -323,9 +318,9 @@ def job_status(
         generation,
         at,
     )
-    audit = obs.summary.get("audit")
-    if isinstance(audit, dict) and audit.get("verdict"):
-        ok = audit["verdict"] == "passed"
+    audit = obs.summary.audit if obs.summary is not None else None
+    if audit is not None:
+        ok = audit.verdict == "passed"
         conds = set_condition(
             conds,
             "AuditPassed",

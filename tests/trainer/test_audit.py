@@ -1,25 +1,22 @@
-"""Memorization audit: AUC/exposure arithmetic, and the direction test (overfit non-DP
-model scores worse than the DP model on the same data, and fails the audit)."""
+"""Memorization audit: exposure arithmetic, the one-run epsilon lower bound, and the
+direction test on a model that learns: an over-trained non-DP run is flagged (canaries
+memorized), a DP run passes and its lower bound stays below its epsilon."""
 
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import pytest
 from tests.trainer.trainerkit import make_job
 
-from sealtune_trainer.audit import CANDIDATES, roc_auc
+from sealtune_trainer.audit import CANDIDATES, one_run_epsilon_lower_bound, roc_auc
 from sealtune_trainer.job import run_job
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-AUDIT = {
-    "canaries": 2,
-    "canaryRepetitions": 4,
-    "heldOutFraction": 0.25,
-    "maxCanaryExposure": 4.0,
-    "membershipAucThreshold": 0.65,
-}
+AUDIT = {"canaries": 2, "canaryRepetitions": 4, "heldOutFraction": 0.25, "maxCanaryExposure": 4.0}
+DP_EPSILON = 0.5
 
 
 def test_roc_auc_known_values() -> None:
@@ -35,11 +32,24 @@ def test_exposure_range() -> None:
     assert math.log2(CANDIDATES + 1) == 10.0  # rank 1 of 1024 gives the maximum, 10 bits
 
 
+def test_lower_bound_grows_with_perfect_guesses_and_vanishes_for_chance() -> None:
+    rng = random.Random(0)
+    included = [rng.random() < 0.5 for _ in range(1000)]
+    perfect = [1.0 if inc else 0.0 for inc in included]
+    eps, r, correct = one_run_epsilon_lower_bound(perfect, included)
+    assert r == 500 and correct == 500 and eps > 4.0
+    chance = [rng.random() for _ in included]
+    assert one_run_epsilon_lower_bound(chance, included)[0] < 0.3
+    # more evidence, a higher bound
+    assert one_run_epsilon_lower_bound(perfect[:40], included[:40])[0] < eps
+
+
 @pytest.fixture(scope="module")
-def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    out = {}
+def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out: dict[str, object] = {}
+    root = tmp_path_factory.mktemp("overfit")
     overfit = make_job(
-        tmp_path_factory.mktemp("overfit"),
+        root,
         tiny_model,
         n_records=40,
         training={
@@ -52,7 +62,8 @@ def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         privacy={"enabled": False},
         audit=AUDIT,
     )
-    out["overfit"] = run_job(overfit, device="cpu").summary
+    res = run_job(overfit, device="cpu")
+    out["overfit"] = res.summary
     private = make_job(
         tmp_path_factory.mktemp("dp"),
         tiny_model,
@@ -64,25 +75,20 @@ def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
             "rank": 8,
             "targetModules": MODULES,
         },
-        privacy={"enabled": True, "targetEpsilon": 1.0},
+        privacy={"enabled": True, "targetEpsilon": DP_EPSILON},
         audit=AUDIT,
     )
     out["dp"] = run_job(private, device="cpu").summary
     return out
 
 
-def test_overfit_model_leaks_more_than_dp_model(audits: dict[str, dict]) -> None:
-    over, dp = audits["overfit"]["audit"], audits["dp"]["audit"]
-    assert over["membershipAuc"] > dp["membershipAuc"]
-    assert over["canaryExposure"] > dp["canaryExposure"]
-    assert over["canaryExposure"] > 4.0  # it really memorized the canaries
-    assert all(0.0 <= e <= 10.0 for e in over["exposures"] + dp["exposures"])
-
-
-def test_verdicts_follow_thresholds(audits: dict[str, dict]) -> None:
-    over, dp = audits["overfit"]["audit"], audits["dp"]["audit"]
-    assert over["verdict"] == "failed"
-    assert any("exposure" in r for r in over["reasons"])
-    assert dp["verdict"] == "passed" and dp["reasons"] == []
+def test_overfit_model_is_flagged_and_dp_model_passes(audits: dict) -> None:
+    over, dp = audits["overfit"].audit, audits["dp"].audit
+    assert over.canary_exposure > 4.0 > dp.canary_exposure  # it really memorized them
+    assert over.verdict == "failed" and any("exposure" in r for r in over.reasons)
+    # 2 canaries: too few for the one-run bound (needs >= 16), so it is not reported
+    assert dp.epsilon_lower_bound is None and over.epsilon_lower_bound is None
+    assert dp.verdict == "passed" and dp.reasons == []
+    assert all(0.0 <= e <= 10.0 for e in (over.exposures or []) + (dp.exposures or []))
     # a failed audit still leaves only an encrypted adapter, and reports it
-    assert audits["overfit"]["adapter"]["sha256"]
+    assert audits["overfit"].adapter.sha256

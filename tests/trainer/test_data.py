@@ -21,6 +21,7 @@ from sealtune_trainer.data import (
     tokenize_record,
 )
 from sealtune_trainer.model_loading import load_tokenizer
+from sealtune_trainer.randomness import SecretRandomness
 from sealtune_trainer.redact import Redactor
 
 SECRET = "Zhang Wei 13912345678 TOPSECRET"
@@ -154,21 +155,45 @@ def test_redaction_happens_before_tokenization(tiny_model: Path) -> None:
     assert dict(redactor.counts) == {"PHONE": 1, "CN_ID": 1}
 
 
-def test_canaries_seeded_and_inserted_repeatedly() -> None:
-    canaries = make_canaries(3, seed=5)
-    assert canaries == make_canaries(3, seed=5)
-    assert canaries != make_canaries(3, seed=6)
-    items = insert_canaries(list(range(10)), [(i, -1 - i) for i, _ in canaries], 4, seed=5)
+def _secret(n: int) -> SecretRandomness:
+    return SecretRandomness.derive(bytes([n]) * 32, "uid-1")
+
+
+def test_canaries_keyed_by_the_job_secret_and_inserted_repeatedly() -> None:
+    canaries = make_canaries(3, _secret(5).rng("canary-secrets"))
+    assert canaries == make_canaries(3, _secret(5).rng("canary-secrets"))
+    assert canaries != make_canaries(3, _secret(6).rng("canary-secrets"))
+    rng = _secret(5).rng("canary-positions")
+    items = insert_canaries(list(range(10)), [(i, -1 - i) for i, _ in canaries], 4, rng)
     assert len(items) == 22
     assert sorted(x for x in items if x < 0) == [-3] * 4 + [-2] * 4 + [-1] * 4
 
 
-def test_held_out_split_is_seeded_and_disjoint() -> None:
-    recs = [Record(text=str(i)) for i in range(50)]
-    train, held = split_held_out(recs, 0.2, seed=1)
-    assert len(held) == 10 and len(train) == 40
+def test_held_out_split_is_keyed_and_disjoint() -> None:
+    recs = [Record(text=f"note {i}") for i in range(400)]
+    train, held = split_held_out(recs, 0.2, _secret(1))
+    assert 50 <= len(held) <= 110 and len(train) + len(held) == 400
     assert {r.text for r in train}.isdisjoint({r.text for r in held})
-    assert [r.text for r in held] == [r.text for r in split_held_out(recs, 0.2, seed=1)[1]]
+    assert [r.text for r in held] == [r.text for r in split_held_out(recs, 0.2, _secret(1))[1]]
+    # another job's secret draws another split
+    assert {r.text for r in held} != {r.text for r in split_held_out(recs, 0.2, _secret(2))[1]}
+
+
+def test_held_out_split_is_stable_under_adding_and_removing_records() -> None:
+    """Review repro: adding one record moved 83 of 400 records across the boundary."""
+    recs = [Record(text=f"note {i}") for i in range(400)]
+    _, held = split_held_out(recs, 0.1, _secret(3))
+    _, held_added = split_held_out([*recs, Record(text="a new patient")], 0.1, _secret(3))
+    _, held_removed = split_held_out(recs[1:], 0.1, _secret(3))
+    before = {r.text for r in held}
+    assert {r.text for r in held_added} - {"a new patient"} == before
+    assert {r.text for r in held_removed} == before - {"note 0"}
+
+
+def test_tiny_datasets_keep_one_record_on_each_side() -> None:
+    for n in (2, 3, 5):
+        train, held = split_held_out([Record(text=str(i)) for i in range(n)], 0.1, _secret(4))
+        assert len(held) >= 1 and len(train) >= 1
 
 
 def test_truncated_away_response_names_the_line(tiny_model: Path) -> None:

@@ -15,8 +15,10 @@ from sealtune_trainer.audit import example_losses
 from sealtune_trainer.data import Example
 from sealtune_trainer.job import run_job
 from sealtune_trainer.model_loading import add_lora, load_base_model, load_tokenizer
+from sealtune_trainer.randomness import SecretRandomness
 from sealtune_trainer.training import Trainer, make_plan
 
+SECRET = SecretRandomness.derive(b"k" * 32, "test-job")
 TARGET = 3.0
 
 
@@ -39,7 +41,7 @@ def dp_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         privacy={"targetEpsilon": TARGET, "delta": 1e-3},
     )
     result = run_job(cfg, device="cpu")
-    return {"cfg": cfg, "summary": result.summary, "model": result.model, "root": root}
+    return {"cfg": cfg, "summary": result.summary.wire(), "model": result.model, "root": root}
 
 
 def test_epsilon_within_five_percent_of_target(dp_run: dict) -> None:
@@ -88,7 +90,7 @@ def test_training_stops_when_budget_spent(tiny_model: Path) -> None:
     plan = dataclasses.replace(plan, noise_multiplier=short)
     torch.manual_seed(0)
     model = add_lora(load_base_model(tiny_model, tc, "cpu"), tc)
-    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0)
+    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0, randomness=SECRET)
     trainer.run()
     assert 10 <= trainer.step < plan.total_steps
     assert trainer.epsilon() >= pc.target_epsilon * 0.99
@@ -102,10 +104,11 @@ def test_without_dp_epsilon_is_infinite(tiny_model: Path, tmp_path: Path) -> Non
         training={"epochs": 1, "batchSize": 8},
         privacy={"enabled": False},
     )
-    summary = run_job(cfg, device="cpu").summary
+    summary = run_job(cfg, device="cpu").summary.wire()
     assert summary["privacy"]["dpEnabled"] is False
-    assert summary["privacy"]["epsilon"] == "Infinity"
-    assert summary["privacy"]["noiseMultiplier"] is None
+    # infinite epsilon: no number at all, and the ledger says there is no guarantee
+    assert "epsilon" not in summary["privacy"] and "noiseMultiplier" not in summary["privacy"]
+    assert summary["privacy"]["ledger"][0]["mechanism"].startswith("none")
     assert summary["steps"] == 3
 
 
@@ -115,7 +118,10 @@ def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: P
     from sealtune_trainer.serve.adapter import apply_adapter, load_adapter
 
     summary, cfg = dp_run["summary"], dp_run["cfg"]
-    state, config = load_adapter(Path(summary["adapter"]["path"]), Path(cfg.output_key_file))
+    # status carries the path inside the output volume; the test volume root is output_dir
+    assert summary["adapter"]["path"] == "adapter.tar.enc"
+    adapter = Path(cfg.output_dir) / summary["adapter"]["path"]
+    state, config = load_adapter(adapter, Path(cfg.output_key_file))
     assert config["r"] == cfg.training.rank
     served = apply_adapter(
         load_base_model(tiny_model, cfg.training, "cpu"), state, config, merge=False
@@ -140,7 +146,7 @@ def test_empty_poisson_draws_still_step_with_noise(tiny_model: Path) -> None:
     plan = make_plan(len(exs), tc, pc)
     torch.manual_seed(0)
     model = add_lora(load_base_model(tiny_model, tc, "cpu"), tc)
-    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0)
+    trainer = Trainer(model, exs, tc, pc, plan, pad_id=0, randomness=SECRET)
     sizes: list[int] = []
     before = [p.detach().clone() for p in trainer.params]
     trainer.run(lambda s: sizes.append(s.samples))

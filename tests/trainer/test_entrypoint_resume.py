@@ -57,12 +57,12 @@ def test_termination_message_summary(reference: dict[str, Any]) -> None:
     assert s["phase"] == "Succeeded"
     assert s["privacy"]["dpEnabled"] and 3.8 <= s["privacy"]["epsilon"] <= 4.0
     assert s["steps"] == s["totalSteps"] == 28  # 51 train + 4 canary rows, batch 8, 4 epochs
-    assert isinstance(s["finalLoss"], float)
+    assert not {"finalLoss", "firstLoss", "redactions"} & set(s)  # private statistics
     assert s["audit"]["verdict"] in ("passed", "failed")
     assert s["audit"]["canaries"] == 2 and len(s["audit"]["exposures"]) == 2
-    assert 0.0 <= s["audit"]["membershipAuc"] <= 1.0
-    assert s["redactions"]["PHONE"] == 64 and s["redactions"]["CN_ID"] == 64
-    adapter = Path(s["adapter"]["path"])
+    assert "membershipAuc" not in s["audit"]
+    assert s["adapter"]["path"] == "adapter.tar.enc"  # relative to the output volume
+    adapter = Path(reference["cfg"].output_dir) / s["adapter"]["path"]
     assert adapter.read_bytes().startswith(MAGIC)
     import hashlib
 
@@ -101,6 +101,10 @@ def test_resume_after_kill_9_matches_uninterrupted(
     reference: dict[str, Any], tiny_model: Path, tmp_path: Path
 ) -> None:
     cfg = _job(tmp_path, tiny_model)
+    # The same job: the same per-job key, hence the same secret split, draws and noise.
+    key = Path(cfg.checkpoint_key_file)
+    key.chmod(0o600)
+    key.write_bytes((reference["root"] / "keys" / "checkpoint" / "key").read_bytes())
     ckpts = tmp_path / "checkpoints"
     proc = subprocess.Popen(
         [
@@ -138,9 +142,9 @@ def test_resume_after_kill_9_matches_uninterrupted(
     ref = reference["summary"]
     assert resumed["resumedFromStep"] is not None and resumed["resumedFromStep"] >= 6
     assert resumed["privacy"]["epsilon"] == ref["privacy"]["epsilon"]  # exactly
-    assert resumed["finalLoss"] == ref["finalLoss"]
-    a = decrypt_adapter(Path(ref["adapter"]["path"]), Path(reference["cfg"].output_key_file))
-    b = decrypt_adapter(Path(resumed["adapter"]["path"]), Path(cfg.output_key_file))
+    ref_out, out = Path(reference["cfg"].output_dir), Path(cfg.output_dir)
+    a = decrypt_adapter(ref_out / ref["adapter"]["path"], Path(reference["cfg"].output_key_file))
+    b = decrypt_adapter(out / resumed["adapter"]["path"], Path(cfg.output_key_file))
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -36,9 +36,9 @@ def test_format_end_to_end(fmt: str, raw: str, tiny_model: Path, tmp_path: Path)
         training={"batchSize": 8},
         audit={"canaries": 1, "canaryRepetitions": 2},
     )
-    summary = run_job(cfg, device="cpu").summary
+    summary = run_job(cfg, device="cpu").summary.wire()
     assert summary["records"]["train"] + summary["records"]["heldOut"] == 24
-    assert summary["redactions"].get("PHONE") == 24
+    assert "redactions" not in summary  # exact counts are private statistics
     assert summary["audit"]["canaries"] == 1
     assert 0.0 <= summary["audit"]["canaryExposure"] <= 10.0
     assert summary["privacy"]["epsilon"] <= 8.0

@@ -7,15 +7,18 @@ needless; we rank against `CANDIDATES` random candidates plus the canary itself,
 |R| = CANDIDATES + 1 and exposure lies in [0, log2(|R|)] = [0, 10] bits. A model that never
 saw the canary scores about 1.44 bits on average; a model that memorized it scores 10.
 
-Membership inference uses the loss as the score (lower loss: "member") and reports the
-ROC AUC between training records (members) and held-out records (non-members):
-0.5 means the adversary learns nothing.
+The one-run lower bound (Steinke, Nasr, Jagielski 2023) includes each canary by a secret
+coin and scores it by base-model loss minus fine-tuned loss: a DP implementation whose
+lower bound exceeds its claimed epsilon is broken, and the audit fails.
+
+`membership_auc` (loss-threshold membership inference, ROC AUC between training and
+held-out records) stays as a tool for benchmarks; the job does not release it, because
+it is an un-noised statistic of private records.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,9 +34,14 @@ from .data import (
     random_secret,
     tokenize_variants,
 )
+from .randomness import SecretRandomness
 from .training import collate, per_sample_loss
 
 CANDIDATES = 1023
+# With m canaries the one-run bound makes m/2 guesses; below 16 canaries (8 guesses) even
+# all-correct guesses cannot reject epsilon = 1 at 95%, so smaller audits skip the bound
+# and include every canary (exposure only).
+MIN_LOWER_BOUND_CANARIES = 16
 MIA_MAX_SAMPLES = 256
 
 
@@ -50,13 +58,22 @@ class AuditResult:
     non_members: int = 0
     max_canary_exposure: float = 0.0
     membership_auc_threshold: float = 0.0
+    epsilon_lower_bound: float | None = None
+    guesses: int = 0
+    correct_guesses: int = 0
     verdict: str = "passed"
     reasons: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["exposures"] = [round(x, 3) for x in self.exposures]
-        for k in ("mean_exposure", "max_exposure", "membership_auc", "max_possible_exposure"):
+        for k in (
+            "mean_exposure",
+            "max_exposure",
+            "membership_auc",
+            "max_possible_exposure",
+            "epsilon_lower_bound",
+        ):
             if d[k] is not None:
                 d[k] = round(d[k], 4)
         return d
@@ -103,11 +120,11 @@ def canary_exposure(
     max_length: int,
     pad_id: int,
     device: str,
-    seed: int,
+    randomness: SecretRandomness,
     candidates: int = CANDIDATES,
 ) -> float:
     """Exposure (bits) of one canary among `candidates` random secrets of its format."""
-    rng = random.Random(f"sealtune-exposure-{seed}-{index}")
+    rng = randomness.rng(f"exposure/{index}")
     others: list[str] = []
     seen = {secret}
     while len(others) < candidates:
@@ -151,10 +168,10 @@ def membership_auc(
     *,
     pad_id: int,
     device: str,
-    seed: int,
+    randomness: SecretRandomness,
 ) -> tuple[float, int, int]:
     """Loss-threshold attack AUC on up to MIA_MAX_SAMPLES of each set."""
-    rng = random.Random(f"sealtune-mia-{seed}")
+    rng = randomness.rng("mia-subsample")
     mem = list(members)
     non = list(non_members)
     if len(mem) > MIA_MAX_SAMPLES:
@@ -166,28 +183,101 @@ def membership_auc(
     return roc_auc([-x for x in m_loss], [-x for x in n_loss]), len(mem), len(non)
 
 
+def one_run_epsilon_lower_bound(
+    scores: Sequence[float], included: Sequence[bool], confidence: float = 0.95
+) -> tuple[float, int, int]:
+    """Steinke, Nasr & Jagielski (NeurIPS 2023), one training run, pure-DP form.
+
+    Each of m canaries was included with an independent secret coin (p = 1/2). The
+    auditor guesses "included" for the top quarter of scores and "excluded" for the bottom
+    quarter; under (epsilon, 0)-DP the number of correct guesses among r is dominated by
+    Binomial(r, e^eps / (1 + e^eps)). The bound is the largest epsilon that this many
+    correct guesses rejects at `confidence`. It ignores delta (their Theorem 1 adds a
+    delta term), so it is a slightly optimistic lower bound at tiny delta; an epsilon
+    *below* it means the implementation is broken.
+    Returns (epsilon lower bound, guesses, correct guesses).
+    """
+    from scipy.stats import binom
+
+    m = len(scores)
+    k = m // 4
+    if k == 0:
+        return 0.0, 0, 0
+    order = sorted(range(m), key=lambda i: scores[i])
+    guesses = [(i, True) for i in order[-k:]] + [(i, False) for i in order[:k]]
+    correct = sum(1 for i, g in guesses if included[i] == g)
+    r = len(guesses)
+
+    def p_value(eps: float) -> float:
+        p = math.exp(eps) / (1 + math.exp(eps))
+        return float(binom.sf(correct - 1, r, p))  # P[X >= correct]
+
+    alpha = 1 - confidence
+    if p_value(0.0) > alpha:
+        return 0.0, r, correct
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if p_value(mid) <= alpha:
+            lo = mid
+        else:
+            hi = mid
+    return lo, r, correct
+
+
+@torch.no_grad()
+def canary_scores(
+    model: Any,
+    tokenizer: Any,
+    canaries: Sequence[tuple[int, str]],
+    fmt: DatasetFormat,
+    *,
+    max_length: int,
+    pad_id: int,
+    device: str,
+) -> list[float]:
+    """Base-model loss minus fine-tuned loss of each canary's answer (higher: memorized).
+
+    Calibrating by the frozen base model removes how "easy" each secret is a priori.
+    """
+    from .data import tokenize_record
+
+    exs = [tokenize_record(tokenizer, canary_record(i, s, fmt), max_length) for i, s in canaries]
+    model.eval()
+    tuned = example_losses(model, exs, pad_id, device)
+    with model.disable_adapter():
+        base = example_losses(model, exs, pad_id, device)
+    return [b - f for b, f in zip(base, tuned, strict=True)]
+
+
 def run_audit(
     model: Any,
     tokenizer: Any,
     cfg: AuditConfig,
     *,
     canaries: Sequence[tuple[int, str]],
-    members: Sequence[Example],
-    non_members: Sequence[Example],
+    included: Sequence[bool],
+    claimed_epsilon: float,
     fmt: DatasetFormat,
     max_length: int,
     pad_id: int,
     device: str,
-    seed: int,
+    randomness: SecretRandomness,
 ) -> AuditResult:
-    """Measure both, compare with the spec's thresholds, set the verdict."""
+    """Canary exposure (memorization) and a one-run epsilon lower bound (a wrong epsilon).
+
+    Only canaries enter the audit: they are secrets the trainer made up, not private data,
+    and the model is the DP output, so every number here is post-processing and free to
+    release. (The membership AUC on private held-out records was not: it is gone.)
+    """
     res = AuditResult(
         canaries=len(canaries),
         canary_repetitions=cfg.canary_repetitions if canaries else 0,
         max_canary_exposure=cfg.max_canary_exposure,
         membership_auc_threshold=cfg.membership_auc_threshold,
     )
-    for index, secret in canaries:
+    inserted = [c for c, inc in zip(canaries, included, strict=True) if inc]
+    for index, secret in inserted:
         res.exposures.append(
             canary_exposure(
                 model,
@@ -198,7 +288,7 @@ def run_audit(
                 max_length=max_length,
                 pad_id=pad_id,
                 device=device,
-                seed=seed,
+                randomness=randomness,
             )
         )
     if res.exposures:
@@ -208,17 +298,17 @@ def run_audit(
             res.reasons.append(
                 f"mean canary exposure {res.mean_exposure:.2f} bits > {cfg.max_canary_exposure}"
             )
-    if members and non_members:
-        auc, res.members, res.non_members = membership_auc(
-            model, members, non_members, pad_id=pad_id, device=device, seed=seed
+    if len(canaries) >= MIN_LOWER_BOUND_CANARIES:
+        scores = canary_scores(
+            model, tokenizer, canaries, fmt, max_length=max_length, pad_id=pad_id, device=device
         )
-        res.membership_auc = auc
-        if auc > cfg.membership_auc_threshold:
+        res.epsilon_lower_bound, res.guesses, res.correct_guesses = one_run_epsilon_lower_bound(
+            scores, included
+        )
+        if math.isfinite(claimed_epsilon) and res.epsilon_lower_bound > claimed_epsilon:
             res.reasons.append(
-                f"membership-inference AUC {auc:.3f} > {cfg.membership_auc_threshold}"
+                f"empirical epsilon lower bound {res.epsilon_lower_bound:.2f} exceeds the "
+                f"claimed epsilon {claimed_epsilon:.2f}: the DP implementation is broken"
             )
-    else:
-        res.reasons.append("membership inference not measured: no held-out records")
-    # Fail closed: an audit that could not be measured does not pass.
     res.verdict = "failed" if res.reasons else "passed"
     return res

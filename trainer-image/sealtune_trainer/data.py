@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .randomness import SecretRandomness
+
 DatasetFormat = Literal["alpaca", "sharegpt", "text"]
 T = TypeVar("T")
 
@@ -199,9 +201,8 @@ def random_secret(rng: random.Random, digits: int = CANARY_DIGITS) -> str:
     return " ".join(str(rng.randrange(10)) for _ in range(digits))
 
 
-def make_canaries(count: int, seed: int) -> list[tuple[int, str]]:
-    """`count` (index, secret) pairs, seeded so a resumed job inserts the same canaries."""
-    rng = random.Random(f"sealtune-canaries-{seed}")
+def make_canaries(count: int, rng: random.Random) -> list[tuple[int, str]]:
+    """`count` (index, secret) pairs from a secret-keyed RNG (the same on resume)."""
     return [(i, random_secret(rng)) for i in range(count)]
 
 
@@ -219,25 +220,40 @@ def canary_record(index: int, secret: str, fmt: DatasetFormat) -> Record:
 
 
 def insert_canaries(
-    items: Sequence[T], canaries: Sequence[tuple[int, T]], repetitions: int, seed: int
+    items: Sequence[T], canaries: Sequence[tuple[int, T]], repetitions: int, rng: random.Random
 ) -> list[T]:
-    """Insert each canary item `repetitions` times at seeded random positions."""
+    """Insert each canary item `repetitions` times at secret random positions."""
     out = list(items)
-    rng = random.Random(f"sealtune-canary-positions-{seed}")
     for _index, item in canaries:
         for _ in range(repetitions):
             out.insert(rng.randrange(len(out) + 1), item)
     return out
 
 
+def record_bytes(record: Record) -> bytes:
+    """A canonical encoding of a record's content (its position in the file excluded)."""
+    body = {"text": record.text} if record.text is not None else {"messages": record.messages}
+    return json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
+
+
 def split_held_out(
-    records: Sequence[Record], fraction: float, seed: int
+    records: Sequence[Record], fraction: float, randomness: SecretRandomness
 ) -> tuple[list[Record], list[Record]]:
-    """Seeded split into (train, held_out); held-out records are the audit's non-members."""
-    order = list(range(len(records)))
-    random.Random(f"sealtune-holdout-{seed}").shuffle(order)
-    n_held = max(1, round(len(records) * fraction)) if len(records) >= 2 else 0
-    held = set(order[:n_held])
+    """Split into (train, held_out) by a keyed hash of each record's content.
+
+    Membership of a record depends only on the job secret and the record itself, so
+    adding or removing one record moves no other record across the boundary (a shuffled
+    split moved 83 of 400 when one record was added). Held-out records are the audit's
+    non-members. With two or more records, at least one lands on each side.
+    """
+    if len(records) < 2:
+        return list(records), []
+    scores = [randomness.uniform("holdout", record_bytes(r)) for r in records]
+    held = {i for i, s in enumerate(scores) if s < fraction}
+    if not held:  # tiny datasets: the record with the smallest score
+        held = {min(range(len(records)), key=scores.__getitem__)}
+    if len(held) == len(records):
+        held.discard(max(range(len(records)), key=scores.__getitem__))
     train = [r for i, r in enumerate(records) if i not in held]
     held_out = [r for i, r in enumerate(records) if i in held]
     return train, held_out

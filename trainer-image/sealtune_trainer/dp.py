@@ -138,7 +138,30 @@ def make_dp_optimizer(
         expected_batch_size=expected_batch_size,
         loss_reduction="mean",
         generator=generator,
+        # Sum of four half-scale Gaussians: robust to floating-point attacks on the noise
+        # (Mironov 2012; Holohan et al. 2021). The generator is seeded from the job secret.
+        secure_mode=True,
     )
+
+
+class PerSampleGradientError(RuntimeError):
+    """A per-sample gradient does not have one row per sample: clipping would be wrong."""
+
+
+def check_grad_samples(params: list[nn.Parameter], batch: int) -> None:
+    """Fail closed unless every trainable parameter has exactly `batch` per-sample rows.
+
+    If a hook accumulated twice, or a layer was missed, Opacus would clip the wrong
+    quantity and the reported epsilon would not hold; stopping is the only safe answer.
+    """
+    for p in params:
+        gs = getattr(p, "grad_sample", None)
+        if gs is None or gs.shape[0] != batch or tuple(gs.shape[1:]) != tuple(p.shape):
+            shape = None if gs is None else tuple(gs.shape)
+            raise PerSampleGradientError(
+                f"per-sample gradient of shape {shape} for a parameter of shape "
+                f"{tuple(p.shape)} and a micro-batch of {batch}: refusing to train"
+            )
 
 
 def clear_grad_samples(params: list[nn.Parameter]) -> None:

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealtune_api.summary import TrainerSummary
 from sealtune_api.trainer_config import TrainerConfig
 
 from .crypto import CryptoError, load_key, sha256_file
+from .randomness import SecretRandomness
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, float, float | None], None]  # step, total, loss, epsilon
+ProgressFn = Callable[[int, int, float | None], None]  # step, total, epsilon so far
 
 
 class JobError(RuntimeError):
@@ -39,7 +41,7 @@ class JobError(RuntimeError):
 
 @dataclass
 class JobResult:
-    summary: dict[str, Any]
+    summary: TrainerSummary
     model: Any = None
 
 
@@ -61,6 +63,10 @@ def _seed_everything(seed: int) -> None:
 
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.strip('/')}/{name}" if root.strip("/") else name
 
 
 def _binding(cfg: TrainerConfig, dataset_sha: str, plan_fp: list[Any]) -> dict[str, Any]:
@@ -115,7 +121,7 @@ def run_job(
         verify_model_dir,
     )
     from .output import write_encrypted_adapter
-    from .summary import audit_summary, build_summary
+    from .summary import build_summary
     from .training import Trainer, make_plan, plan_fingerprint
 
     t_start = time.perf_counter()
@@ -135,6 +141,8 @@ def run_job(
         ckpt_key = load_key(cfg.checkpoint_key_file)
     except (CryptoError, OSError) as exc:
         raise JobError("KeyError", f"cannot load a key: {exc}", 5) from None
+    # All privacy-protecting randomness derives from the per-job key, not from the spec.
+    randomness = SecretRandomness.derive(ckpt_key, cfg.job_uid)
 
     try:
         verify_model_dir(cfg.model_dir, cfg.model_manifest_sha256)
@@ -156,7 +164,6 @@ def run_job(
         raise JobError("DatasetNotFound", f"dataset {cfg.dataset.path} not found", 3) from None
     log.info("dataset decrypted in memory", extra={"records": len(records)})
 
-    redaction_counts: dict[str, int] = {}
     if cfg.pii.enabled:
         from .redact import Redactor
 
@@ -164,26 +171,39 @@ def run_job(
             cfg.pii.entities, cfg.pii.mode, hmac_key=_pii_hmac_key(ckpt_key, cfg.job_uid)
         )
         records = redact_records(records, redactor.redact)
-        redaction_counts = {k: int(v) for k, v in redactor.counts.items()}
-        log.info("PII redacted", extra={"redactions": redaction_counts})
+        # Exact counts are a statistic of the private data with unbounded sensitivity:
+        # they stay in the pod (not in logs, metrics or the summary).
+        log.info("PII redacted", extra={"entities": list(cfg.pii.entities)})
 
-    train_records, held_records = split_held_out(records, cfg.audit.held_out_fraction, seed)
+    train_records, held_records = split_held_out(records, cfg.audit.held_out_fraction, randomness)
     try:
         train_ex = tokenize_records(tokenizer, train_records, tc.max_seq_length)
         held_ex = tokenize_records(tokenizer, held_records, tc.max_seq_length)
     except DatasetFormatError as exc:
         raise JobError("DatasetFormatError", str(exc), 3) from None
-    canaries = make_canaries(cfg.audit.canaries, seed)
+    canaries = make_canaries(cfg.audit.canaries, randomness.rng("canary-secrets"))
+    # One secret coin per canary (p = 1/2): included ones are trained on, the others are
+    # the one-run audit's controls (Steinke et al. 2023).
+    # Below MIN_LOWER_BOUND_CANARIES the bound cannot be nonzero: include them all.
+    coins = randomness.rng("canary-coins")
+    if len(canaries) >= audit_mod.MIN_LOWER_BOUND_CANARIES:
+        included = [coins.random() < 0.5 for _ in canaries]
+    else:
+        included = [True] * len(canaries)
     if canaries:
         from .data import canary_record, tokenize_record
 
         fmt = cfg.dataset.format
         canary_ex = {
             i: tokenize_record(tokenizer, canary_record(i, s, fmt), tc.max_seq_length)
-            for i, s in canaries
+            for (i, s), inc in zip(canaries, included, strict=True)
+            if inc
         }
         examples = insert_canaries(
-            train_ex, [(i, canary_ex[i]) for i, _ in canaries], cfg.audit.canary_repetitions, seed
+            train_ex,
+            list(canary_ex.items()),
+            cfg.audit.canary_repetitions,
+            randomness.rng("canary-positions"),
         )
     else:
         examples = list(train_ex)
@@ -206,7 +226,9 @@ def run_job(
     torch.manual_seed(seed)
     model = add_lora(model, tc)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = Trainer(model, examples, tc, pc, plan, pad_id=pad_id, device=device)
+    trainer = Trainer(
+        model, examples, tc, pc, plan, pad_id=pad_id, randomness=randomness, device=device
+    )
 
     ckpt_dir = Path(cfg.checkpoint_dir)
     binding = _binding(cfg, dataset_sha, plan_fingerprint(plan))
@@ -218,12 +240,11 @@ def run_job(
         log.info("resumed from checkpoint", extra={"step": trainer.step})
 
     metrics = TrainingMetrics(cfg.job_name, cfg.metrics_port)
-    first_loss: list[float] = []
     eps_last = [time.monotonic()]
 
+    # Privacy ledger: only public-by-declaration numbers (step, T, epsilon so far, timing)
+    # leave the pod while training; never the loss, batch sizes or token counts.
     def on_step(stats: Any) -> None:
-        if not first_loss:
-            first_loss.append(stats.loss)
         eps: float | None = None
         # Epsilon so far costs ~0.2-1 s with PRV: refresh it every 15 s and at the end.
         if time.monotonic() - eps_last[0] >= 15.0 or stats.step == plan.total_steps:
@@ -232,14 +253,13 @@ def run_job(
         metrics.update(
             step=stats.step,
             total=plan.total_steps,
-            loss=stats.loss,
-            tokens_per_second=stats.tokens / max(stats.seconds, 1e-9),
+            steps_per_second=1.0 / max(stats.seconds, 1e-9),
             epsilon=eps,
         )
         if stats.step % cfg.checkpoint_interval_steps == 0 and stats.step < plan.total_steps:
             save_checkpoint(ckpt_dir, ckpt_key, trainer.state_dict(), binding)
         if progress is not None:
-            progress(stats.step, plan.total_steps, stats.loss, eps)
+            progress(stats.step, plan.total_steps, eps)
         if eps is not None or stats.step % 10 == 0:
             log.info(
                 "step",
@@ -247,8 +267,6 @@ def run_job(
                     "step": stats.step,
                     "totalSteps": plan.total_steps,
                     "epoch": stats.epoch,
-                    "loss": round(stats.loss, 5),
-                    "samples": stats.samples,
                     **(
                         {"epsilon": round(eps, 4)} if eps is not None and math.isfinite(eps) else {}
                     ),
@@ -261,7 +279,9 @@ def run_job(
         trainer.run(on_step)
     except _Stop:
         metrics.close()
-        return JobResult(summary={"job": cfg.job_name, "phase": "Stopped", "steps": trainer.step})
+        return JobResult(
+            summary=TrainerSummary(job=cfg.job_name, phase="Stopped", steps=trainer.step)
+        )
     finally:
         metrics.close()
     epsilon = trainer.epsilon()
@@ -273,33 +293,28 @@ def run_job(
         tokenizer,
         cfg.audit,
         canaries=canaries,
-        members=train_ex,
-        non_members=held_ex,
+        included=included,
+        claimed_epsilon=epsilon,
         fmt=cfg.dataset.format,
         max_length=tc.max_seq_length,
         pad_id=pad_id,
         device=device,
-        seed=seed,
+        randomness=randomness,
     )
     adapter_path, adapter_sha = write_encrypted_adapter(model, Path(cfg.output_dir), out_key)
     summary = build_summary(
         job=cfg.job_name,
-        dp_enabled=plan.private,
+        plan=plan,
+        privacy=pc,
         epsilon=epsilon,
-        target_epsilon=pc.target_epsilon,
-        delta=pc.delta,
-        noise_multiplier=plan.noise_multiplier,
-        accountant=pc.accountant,
+        group_epsilon=trainer.group_epsilon() if plan.private else {},
         steps=trainer.step,
-        total_steps=plan.total_steps,
         epochs=tc.epochs,
-        final_loss=trainer.last_loss,
-        first_loss=first_loss[0] if first_loss else None,
         train_records=len(train_ex),
         held_out_records=len(held_ex),
-        redactions=redaction_counts,
-        audit=audit_summary(audit_res),
-        adapter_path=str(adapter_path),
+        audit=audit_res,
+        # documented as the path inside the output volume, not the in-pod mount path
+        adapter_path=_join(cfg.output_subpath, adapter_path.name),
         adapter_sha256=adapter_sha,
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - t_start,

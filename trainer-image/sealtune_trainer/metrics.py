@@ -7,7 +7,6 @@ no label carries a record, a path inside the dataset or key material (invariant 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -27,12 +26,12 @@ class TrainingMetrics:
 
         self.step = gauge("sealtune_train_step", "Optimizer steps completed.")
         self.total = gauge("sealtune_train_total_steps", "Optimizer steps planned.")
-        self.loss = gauge("sealtune_train_loss", "Mean training loss of the last step.")
         self.epsilon = gauge(
             "sealtune_train_epsilon", "Privacy budget epsilon spent so far (+Inf without DP)."
         )
-        self.tokens_per_second = gauge(
-            "sealtune_train_tokens_per_second", "Training throughput of the last step."
+        # Steps per second, not tokens: token counts are sums of private record lengths.
+        self.steps_per_second = gauge(
+            "sealtune_train_steps_per_second", "Optimizer steps per second (last step)."
         )
         self.job = job
         self.server: Any = None
@@ -47,15 +46,12 @@ class TrainingMetrics:
         *,
         step: int,
         total: int,
-        loss: float,
-        tokens_per_second: float,
+        steps_per_second: float,
         epsilon: float | None = None,
     ) -> None:
         self.step.labels(self.job).set(step)
         self.total.labels(self.job).set(total)
-        if not math.isnan(loss):
-            self.loss.labels(self.job).set(loss)
-        self.tokens_per_second.labels(self.job).set(tokens_per_second)
+        self.steps_per_second.labels(self.job).set(steps_per_second)
         if epsilon is not None:
             self.epsilon.labels(self.job).set(epsilon)
 

@@ -1,132 +1,128 @@
-"""The result summary: what the operator copies into the FineTuneJob's status.
+"""Build the trainer's `TrainerSummary` (the contract lives in `sealtune_api.summary`).
 
-Written as compact JSON to the container's termination-message path, which Kubernetes
-truncates at 4096 bytes, so `compact()` drops detail (per-canary exposures, then long
-reasons) until it fits. Numbers, digests and counts only: no dataset text, no keys.
-Keys are camelCase like the rest of the API. Without DP, `privacy.epsilon` is the
-string "Infinity" (JSON has no infinite number) and `dpEnabled` is false.
+This is where the privacy ledger is assembled: every statistic the summary carries is
+listed with the mechanism that makes it safe to release. Public by declaration: the
+dataset size N and the held-out count (the split is a keyed hash, its size ~ N x share),
+the sampling rate q, the steps T, the noise multiplier sigma and the clipping norm C, the
+training time, digests. Released through DP-SGD: the adapter (its epsilon is the job's).
+Post-processing of the DP adapter and of canaries (made-up secrets, not private data):
+the audit. Nothing else leaves the pod.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-MAX_BYTES = 4096
+from sealtune_api.summary import (
+    LedgerEntry,
+    SummaryAdapter,
+    SummaryAudit,
+    SummaryPrivacy,
+    SummaryRecords,
+    TrainerSummary,
+    finite,
+)
+from sealtune_api.trainer_config import PrivacyConfig
+
+PUBLIC = "public"
+POST = "post-processing"
 
 
-def _num(x: float | None, digits: int = 6) -> float | None:
-    if x is None or math.isnan(x):
-        return None
-    return round(float(x), digits)
+def ledger(dp_enabled: bool, epsilon: float | None, audited: bool) -> list[LedgerEntry]:
+    """Every released statistic with its mechanism and epsilon share."""
+    entries = [
+        LedgerEntry(
+            statistic="adapter",
+            mechanism="DP-SGD (Poisson-subsampled Gaussian, per-sample clipping)"
+            if dp_enabled
+            else "none (DP disabled: no guarantee)",
+            epsilon=epsilon,
+        ),
+        LedgerEntry(statistic="privacy.epsilon (accountant)", mechanism=POST),
+        LedgerEntry(statistic="records.train, records.heldOut (N)", mechanism=PUBLIC),
+        LedgerEntry(statistic="sampleRate, noiseMultiplier, maxGradNorm", mechanism=PUBLIC),
+        LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism=PUBLIC),
+        LedgerEntry(statistic="adapter.sha256", mechanism=POST),
+    ]
+    if audited:
+        entries.append(LedgerEntry(statistic="audit (canaries only)", mechanism=POST))
+    return entries
 
 
 def build_summary(
     *,
     job: str,
-    dp_enabled: bool,
+    plan: Any,
+    privacy: PrivacyConfig,
     epsilon: float,
-    target_epsilon: float | None,
-    delta: float | None,
-    noise_multiplier: float | None,
-    accountant: str | None,
+    group_epsilon: dict[str, float],
     steps: int,
-    total_steps: int,
     epochs: int,
-    final_loss: float,
-    first_loss: float | None,
     train_records: int,
     held_out_records: int,
-    redactions: dict[str, int],
-    audit: dict[str, Any] | None,
+    audit: Any,
     adapter_path: str | None,
     adapter_sha256: str | None,
     resumed_from_step: int | None,
     seconds: float,
-) -> dict[str, Any]:
-    eps: float | str | None = "Infinity" if math.isinf(epsilon) else _num(epsilon)
-    summary: dict[str, Any] = {
-        "job": job,
-        "phase": "Succeeded",
-        "privacy": {
-            "dpEnabled": dp_enabled,
-            "epsilon": eps,
-            "targetEpsilon": target_epsilon if dp_enabled else None,
-            "delta": delta if dp_enabled else None,
-            "noiseMultiplier": _num(noise_multiplier),
-            "accountant": accountant if dp_enabled else None,
-        },
-        "steps": steps,
-        "totalSteps": total_steps,
-        "epochs": epochs,
-        "finalLoss": _num(final_loss),
-        "firstLoss": _num(first_loss),
-        "records": {"train": train_records, "heldOut": held_out_records},
-        "redactions": dict(sorted(redactions.items())),
-        "audit": audit,
-        "adapter": {"path": adapter_path, "sha256": adapter_sha256} if adapter_path else None,
-        "resumedFromStep": resumed_from_step,
-        "seconds": round(seconds, 2),
-    }
-    return summary
+) -> TrainerSummary:
+    dp_enabled = bool(plan.private)
+    eps = finite(epsilon)
+    audited = audit is not None and (audit.canaries > 0)
+    return TrainerSummary(
+        job=job,
+        phase="Succeeded",
+        privacy=SummaryPrivacy(
+            dp_enabled=dp_enabled,
+            epsilon=eps if dp_enabled else None,
+            target_epsilon=privacy.target_epsilon if dp_enabled else None,
+            delta=privacy.delta if dp_enabled else None,
+            noise_multiplier=finite(plan.noise_multiplier),
+            sample_rate=finite(plan.sample_rate),
+            max_grad_norm=privacy.max_grad_norm if dp_enabled else None,
+            accountant=privacy.accountant if dp_enabled else None,
+            group_epsilon={k: v for k, v in group_epsilon.items() if finite(v) is not None},
+            ledger=ledger(dp_enabled, eps if dp_enabled else None, audited),
+        ),
+        steps=steps,
+        total_steps=plan.total_steps,
+        epochs=epochs,
+        records=SummaryRecords(train=train_records, held_out=held_out_records),
+        audit=audit_summary(audit) if audit is not None else None,
+        adapter=SummaryAdapter(path=adapter_path, sha256=adapter_sha256)
+        if adapter_path and adapter_sha256
+        else None,
+        resumed_from_step=resumed_from_step,
+        seconds=round(seconds, 2),
+    )
 
 
-def audit_summary(result: Any) -> dict[str, Any]:
-    """camelCase audit block from an `audit.AuditResult`."""
+def audit_summary(result: Any) -> SummaryAudit:
+    """The audit block from an `audit.AuditResult` (canary statistics only)."""
     d = result.as_dict()
-    return {
-        "verdict": d["verdict"],
-        "reasons": d["reasons"],
-        "membershipAuc": d["membership_auc"],
-        "membershipAucThreshold": d["membership_auc_threshold"],
-        "members": d["members"],
-        "nonMembers": d["non_members"],
-        "canaries": d["canaries"],
-        "canaryRepetitions": d["canary_repetitions"],
-        "canaryExposure": d["mean_exposure"],
-        "canaryExposureMax": d["max_exposure"],
-        "maxPossibleExposure": d["max_possible_exposure"],
-        "maxCanaryExposure": d["max_canary_exposure"],
-        "exposures": d["exposures"],
-    }
+    return SummaryAudit(
+        verdict=d["verdict"],
+        reasons=d["reasons"],
+        canaries=d["canaries"],
+        canary_repetitions=d["canary_repetitions"],
+        canary_exposure=d["mean_exposure"],
+        canary_exposure_max=d["max_exposure"],
+        max_possible_exposure=d["max_possible_exposure"],
+        max_canary_exposure=d["max_canary_exposure"],
+        epsilon_lower_bound=d["epsilon_lower_bound"],
+        exposures=d["exposures"] or None,
+    )
 
 
-def error_summary(job: str, reason: str, message: str) -> dict[str, Any]:
-    return {"job": job, "phase": "Failed", "error": {"reason": reason, "message": message[:1000]}}
+def error_summary(job: str, reason: str, message: str) -> TrainerSummary:
+    return TrainerSummary.failure(job, reason, message)
 
 
-def compact(summary: dict[str, Any], limit: int = MAX_BYTES) -> str:
-    """Serialize, shedding detail until it fits in `limit` bytes."""
-    data = json.loads(json.dumps(summary))  # deep copy
-
-    def dump() -> str:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
-
-    text = dump()
-    audit = data.get("audit")
-    if len(text.encode()) > limit and isinstance(audit, dict):
-        audit.pop("exposures", None)
-        text = dump()
-    if len(text.encode()) > limit and isinstance(audit, dict):
-        audit["reasons"] = [str(r)[:120] for r in audit.get("reasons", [])[:3]]
-        text = dump()
-    for key in ("records", "resumedFromStep", "seconds", "firstLoss"):
-        if len(text.encode()) <= limit:
-            break
-        data.pop(key, None)
-        text = dump()
-    if len(text.encode()) > limit and isinstance(data.get("error"), dict):
-        data["error"]["message"] = data["error"]["message"][:200]
-        text = dump()
-    return text
-
-
-def write_termination_message(path: str | Path, summary: dict[str, Any]) -> str:
+def write_termination_message(path: str | Path, summary: TrainerSummary) -> str:
     """Write the compact summary; a missing parent directory (laptop runs) is not an error."""
-    text = compact(summary)
+    text = summary.to_message()
     p = Path(path)
     try:
         if p.parent.is_dir():

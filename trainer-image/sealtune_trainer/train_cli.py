@@ -127,14 +127,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=None, unit="step", disable=args.quiet, dynamic_ncols=True)
 
-    def progress(step: int, total: int, loss: float, eps: float | None) -> None:
+    def progress(step: int, total: int, eps: float | None) -> None:
         if bar.total != total:
             bar.total = total
         bar.n = step
-        post = {"loss": f"{loss:.4f}"}
-        if eps is not None:
-            post["eps"] = f"{eps:.3f}"
-        bar.set_postfix(post, refresh=False)
+        if eps is not None:  # epsilon so far; never the raw loss (see docs/trainer.md)
+            bar.set_postfix({"eps": f"{eps:.3f}"}, refresh=False)
         bar.refresh()
 
     try:

@@ -1,9 +1,12 @@
 """The training loop: DP-SGD (Poisson sampling, virtual batches) or plain LoRA fine-tuning.
 
-Every source of randomness has its own generator (Poisson sampling, DP noise, dropout
-via the global torch RNG) and its state is part of `Trainer.state_dict()`, together with
-the optimizer, scheduler, step counter and accountant history. A resumed run therefore
-replays the very same sample draws, noise and updates as an uninterrupted one.
+Every source of randomness has its own generator. The two that protect privacy, Poisson
+sampling and DP noise, are re-seeded every step from the job's secret
+(`randomness.SecretRandomness`: labels `poisson/<step>` and `noise/<step>`), never from
+`training.seed`; dropout uses the global torch RNG. Generator states are part of
+`Trainer.state_dict()` (kept only in the encrypted checkpoint), together with the
+optimizer, scheduler, step counter and accountant history, so a resumed run replays the
+very same sample draws, noise and updates as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from sealtune_api.trainer_config import PrivacyConfig, TrainingConfig
 
 from . import dp
 from .data import IGNORE_INDEX, Example
+from .randomness import SecretRandomness
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,11 @@ class Trainer:
         plan: TrainPlan,
         *,
         pad_id: int,
+        randomness: SecretRandomness,
         device: str = "cpu",
     ) -> None:
         self.model = model
+        self.randomness = randomness
         self.examples = list(examples)
         self.training = training
         self.privacy = privacy
@@ -138,9 +144,9 @@ class Trainer:
             base, lambda s: min(1.0, (s + 1) / warmup)
         )
         self.base_optimizer = base
-        seed = training.seed
-        self.sample_gen = torch.Generator().manual_seed(seed * 7919 + 1)
-        self.noise_gen = torch.Generator(device=device).manual_seed(seed * 7919 + 2)
+        # Secret, per-step streams (see the module docstring); never the public seed.
+        self.sample_gen = randomness.generator("poisson/0")
+        self.noise_gen = randomness.generator("noise/0", device)
         self.accountant: Any = None
         self._eps_key: tuple[Any, ...] | None = None
         self._eps_value = 0.0
@@ -180,6 +186,9 @@ class Trainer:
 
     def train_step(self) -> StepStats:
         t0 = time.perf_counter()
+        if self.plan.private:
+            self.randomness.reseed(self.sample_gen, f"poisson/{self.step}")
+            self.randomness.reseed(self.noise_gen, f"noise/{self.step}")
         indices = self._draw_indices()
         micro = self.plan.micro_batch
         chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
@@ -196,6 +205,7 @@ class Trainer:
                 batch = collate([self.examples[i] for i in chunk], self.pad_id, self.device)
                 losses = per_sample_loss(self.model, batch)
                 losses.sum().backward()
+                dp.check_grad_samples(self.params, len(chunk))
                 loss_sum += float(losses.detach().sum())
                 tokens += int(batch.attention_mask.sum())
                 if ci < len(chunks) - 1:
@@ -234,6 +244,17 @@ class Trainer:
             self._eps_value = dp.epsilon_of(self.accountant, self.privacy.delta)
             self._eps_key = key
         return self._eps_value
+
+    def group_epsilon(self, sizes: tuple[int, ...] = (2, 5, 10)) -> dict[str, float]:
+        """Epsilon for a group of k records (e.g. one patient's k notes), record-level DP.
+
+        Standard group privacy: (epsilon, delta)-DP for one record gives
+        (k epsilon, k e^((k-1) epsilon) delta)-DP for k records. The delta grows too; this
+        is why `privacy.unit: user` (one patient = one unit) is the right tool for
+        multi-record subjects. Reported so nobody mistakes a record for a person.
+        """
+        eps = self.epsilon()
+        return {str(k): k * eps for k in sizes}
 
     def budget_left(self, check_epsilon: bool = False) -> bool:
         """True while planned steps remain and (with DP) epsilon is below the target.
