@@ -120,6 +120,13 @@ def observe(job: Manifest | None, pods: list[Manifest]) -> Observation:
     summary = termination_summary(pods)
     if _job_condition(job, "Complete"):
         done = status.get("completionTime")
+        if summary is None and _terminated(pods) is None:
+            # The Job is Complete but its pod's terminated state is not visible (the pod
+            # was deleted after success, or the Job event came first): not evidence of a
+            # missing summary. `job_status` keeps a finished phase; otherwise we wait.
+            return Observation(
+                "Running", "CollectingSummary", "the trainer finished; reading its summary"
+            )
         if summary is None or summary.phase != "Succeeded":
             # Never report success without the trainer's own word for it.
             return Observation(
@@ -283,6 +290,8 @@ def job_status(
 ) -> Manifest:
     """The full status for a FineTuneJob whose children exist, from the observation."""
     at = at or now()
+    if obs.reason == "CollectingSummary" and current.get("phase") in ("Succeeded", "Failed"):
+        return dict(current)  # a finished job never regresses because its pod went away
     conds = list(current.get("conditions") or [])
     phase = obs.phase
     conds = set_condition(

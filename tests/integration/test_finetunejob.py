@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 from tests.integration.conftest import (
     OPERATOR_NS,
     OPERATOR_SA,
@@ -16,6 +17,18 @@ from tests.integration.conftest import (
     ftj_manifest,
     wait_for,
 )
+
+from sealtune_api.summary import (
+    ExitCode,
+    LedgerEntry,
+    SummaryAdapter,
+    SummaryAudit,
+    SummaryError,
+    SummaryPrivacy,
+    SummaryRecords,
+    TrainerSummary,
+)
+from sealtune_devkit.cluster import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +62,95 @@ def events(ns: Namespace, name: str) -> list[dict[str, Any]]:
     return list(items)
 
 
+LEDGER = [
+    LedgerEntry(
+        statistic="adapter", mechanism="DP-SGD (Poisson-subsampled Gaussian)", epsilon=7.91
+    ),
+    LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism="public"),
+    LedgerEntry(statistic="audit (canaries only)", mechanism="post-processing"),
+]
+
+
+PASSED = SummaryAudit(
+    verdict="passed",
+    canaries=10,
+    canary_repetitions=4,
+    canary_exposure=1.7,
+    canary_exposure_max=3.1,
+    epsilon_lower_bound=0.42,
+)
+
+
+def trainer_summary(job: str, path: str, audit: SummaryAudit = PASSED) -> TrainerSummary:
+    """A trainer's summary of a finished run, built from the contract's own models."""
+    return TrainerSummary(
+        job=job,
+        phase="Succeeded",
+        privacy=SummaryPrivacy(
+            dp_enabled=True,
+            epsilon=7.91,
+            target_epsilon=8.0,
+            delta=1e-5,
+            noise_multiplier=0.83,
+            sample_rate=0.016,
+            max_grad_norm=0.1,
+            accountant="prv",
+            group_epsilon={"2": 17.9, "5": 52.3},
+            ledger=LEDGER,
+        ),
+        steps=120,
+        total_steps=120,
+        epochs=2,
+        records=SummaryRecords(train=4000, held_out=1000),
+        audit=audit,
+        adapter=SummaryAdapter(path=path, sha256="d" * 64),
+        seconds=812.5,
+    )
+
+
+# Paths in the summary are relative to the output PVC (spec.output.pvc.path/<file>).
+EXAMPLE_SUMMARY = trainer_summary("clinical-notes-lora", "clinical-notes-lora/adapter.tar.enc")
+SUMMARY = trainer_summary("summary", "clinical-notes-lora/adapter.tar.enc")
+FAILED_AUDIT = trainer_summary(
+    "audit",
+    "clinical-notes-lora/adapter.tar.enc",
+    SummaryAudit(
+        verdict="failed",
+        canaries=10,
+        canary_repetitions=4,
+        canary_exposure=9.6,
+        canary_exposure_max=10.0,
+        epsilon_lower_bound=9.2,
+        reasons=["mean canary exposure 9.6 bits > 8.0", "epsilon lower bound 9.2 > 7.91"],
+    ),
+)
+WRONG_KEY = TrainerSummary(
+    job="wrongkey",
+    phase="Failed",
+    error=SummaryError(
+        reason="DatasetDecryptError",
+        message="dataset key does not match /data/notes.enc (key id 1a2b)",
+    ),
+)
+
+
 def test_example_creates_hardened_children_network_policy_first(
     namespace: Namespace, operator: OperatorProcess
 ) -> None:
     ns = namespace
     ns.prerequisites_for_example()
+    # The example as written, plus the KWOK stand-in's cue to end with a trainer summary
+    # (a trainer that exits 0 without one is a failure: see the `nosummary` case below).
+    doc = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())
+    doc["spec"]["podAnnotations"] = {
+        "sealtune.test/outcome": "Succeeded",
+        "sealtune.test/message": EXAMPLE_SUMMARY.to_message(),
+    }
+    text = yaml.safe_dump(doc)
     applied = json.loads(
-        ns.kubectl(
-            "apply", "-f", "examples/finetunejob.yaml", "--dry-run=server", "-o", "json"
-        ).stdout
+        ns.kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", input=text).stdout
     )
-    ns.kubectl("apply", "-f", "examples/finetunejob.yaml")
+    ns.kubectl("apply", "-f", "-", input=text)
     name = "clinical-notes-lora"
     wait_for(lambda: ns.get_or_none("job", f"{name}-trainer"), what="trainer Job")
     objs = {kind: ns.get(kind, tmpl.format(name)) for kind, tmpl in CHILDREN.items()}
@@ -93,6 +184,8 @@ def test_example_creates_hardened_children_network_policy_first(
     # Printer columns render.
     table = ns.kubectl("get", "ftj", name).stdout
     assert "PHASE" in table and "EPSILON" in table and "Succeeded" in table
+    assert "7.91" in table
+    assert st["output"]["path"] == "clinical-notes-lora/adapter.tar.enc"
 
 
 def test_restricted_namespace_really_enforces(namespace: Namespace) -> None:
@@ -108,18 +201,6 @@ def test_restricted_namespace_really_enforces(namespace: Namespace) -> None:
     )
     assert proc.returncode != 0
     assert "restricted" in proc.stderr
-
-
-SUMMARY = {
-    "privacy": {"dpEnabled": True, "epsilon": 7.91, "delta": 1e-5, "noiseMultiplier": 0.83},
-    "steps": 120,
-    "totalSteps": 120,
-    "epochs": 2,
-    "finalLoss": 1.234,
-    "audit": {"verdict": "passed", "membershipAuc": 0.51, "canaryExposure": 1.7, "reasons": []},
-    "adapter": {"path": "clinical/adapter.tar.enc", "sha256": "d" * 64},
-    "redactions": {"PHONE": 12, "CN_ID": 4},
-}
 
 
 def _run_job(ns: Namespace, name: str, **spec: Any) -> None:
@@ -140,39 +221,37 @@ def test_trainer_summary_reaches_status(namespace: Namespace, operator: Operator
         "summary",
         podAnnotations={
             "sealtune.test/outcome": "Succeeded",
-            "sealtune.test/message": json.dumps(SUMMARY),
+            "sealtune.test/message": SUMMARY.to_message(),
         },
     )
     st = wait_for(lambda: phase_is(ns, "summary", "Succeeded"), timeout=90, what="Succeeded")
-    assert st["privacy"] == {
-        "dpEnabled": True,
-        "epsilonSpent": 7.91,
-        "delta": 1e-5,
-        "noiseMultiplier": 0.83,
+    privacy = st["privacy"]
+    assert privacy["dpEnabled"] is True
+    assert privacy["epsilonSpent"] == 7.91 and privacy["targetEpsilon"] == 8.0
+    assert privacy["delta"] == 1e-5 and privacy["noiseMultiplier"] == 0.83
+    assert privacy["accountant"] == "prv" and privacy["unit"] == "record"
+    assert privacy["groupEpsilon"] == {"2": 17.9, "5": 52.3}
+    assert privacy["ledger"] == [e.wire() for e in LEDGER]
+    assert privacy["ledger"][0] == {
+        "statistic": "adapter",
+        "mechanism": "DP-SGD (Poisson-subsampled Gaussian)",
+        "epsilon": 7.91,
     }
-    assert st["audit"]["verdict"] == "passed" and st["audit"]["membershipAuc"] == 0.51
-    assert st["output"] == {"path": "clinical/adapter.tar.enc", "sha256": "d" * 64}
-    assert st["redactions"] == {"PHONE": 12, "CN_ID": 4}
-    assert st["progress"]["percent"] == 100 and st["progress"]["step"] == 120
+    assert st["audit"] == {
+        "verdict": "passed",
+        "canaryExposure": 1.7,
+        "epsilonLowerBound": 0.42,
+        "reasons": [],
+    }
+    # Relative to the output PVC, exactly as the trainer reported it.
+    assert st["output"] == {"path": "clinical-notes-lora/adapter.tar.enc", "sha256": "d" * 64}
+    assert st["progress"] == {"step": 120, "totalSteps": 120, "percent": 100, "epoch": 2.0}
+    # Statistics of the private data that the contract no longer carries (privacy ledger).
+    assert "redactions" not in st
+    assert "loss" not in st.get("progress", {})
+    assert "membershipAuc" not in st["audit"]
     assert condition(st, "AuditPassed")["status"] == "True"
     assert "7.91" in ns.kubectl("get", "ftj", "summary").stdout
-
-
-FAILED_AUDIT = {
-    **SUMMARY,
-    "audit": {
-        "verdict": "failed",
-        "membershipAuc": 0.93,
-        "canaryExposure": 12.0,
-        "reasons": ["membership AUC 0.93 > 0.6"],
-    },
-}
-WRONG_KEY = {
-    "error": {
-        "reason": "WrongKey",
-        "message": "dataset key does not match /data/notes.enc (key id 1a2b)",
-    }
-}
 
 
 @pytest.mark.parametrize(
@@ -196,11 +275,11 @@ WRONG_KEY = {
             {
                 "podAnnotations": {
                     "sealtune.test/outcome": "Failed",
-                    "sealtune.test/exit-code": "4",
-                    "sealtune.test/message": json.dumps(WRONG_KEY),
+                    "sealtune.test/exit-code": str(int(ExitCode.KEY)),
+                    "sealtune.test/message": WRONG_KEY.to_message(),
                 }
             },
-            "WrongKey",
+            "DatasetDecryptError",
             "Failed",
         ),
         (
@@ -208,10 +287,17 @@ WRONG_KEY = {
             {
                 "podAnnotations": {
                     "sealtune.test/outcome": "Succeeded",
-                    "sealtune.test/message": json.dumps(FAILED_AUDIT),
+                    "sealtune.test/message": FAILED_AUDIT.to_message(),
                 }
             },
             "AuditFailed",
+            "Failed",
+        ),
+        # Exit 0 without a summary is not success (the trainer's word is required).
+        (
+            "nosummary",
+            {"podAnnotations": {"sealtune.test/outcome": "Succeeded"}},
+            "NoSummary",
             "Failed",
         ),
         (
@@ -267,6 +353,19 @@ def test_failures_reach_status_with_readable_reasons(
     if phase == "Failed":
         assert condition(st, "Failed")["status"] == "True"
         assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(ns, case))
+    if case == "audit":
+        assert FAILED_AUDIT.audit is not None
+        for why in FAILED_AUDIT.audit.reasons:
+            assert why in condition(st, "Failed")["message"]
+        assert st["audit"]["verdict"] == "failed"
+        assert st["audit"]["epsilonLowerBound"] == 9.2
+        assert st["audit"]["reasons"] == FAILED_AUDIT.audit.reasons
+        assert condition(st, "AuditPassed")["status"] == "False"
+    elif case == "wrongkey":
+        assert WRONG_KEY.error is not None
+        assert condition(st, "Failed")["message"] == WRONG_KEY.error.message
+    elif case == "nosummary":
+        assert "privacy" not in st and "output" not in st, "nothing to report without a summary"
 
 
 def test_missing_dataset_creates_nothing_until_it_appears(

@@ -8,12 +8,19 @@ import copy
 import json
 from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
 from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
 
+from sealtune_api.summary import (
+    LedgerEntry,
+    SummaryAdapter,
+    SummaryAudit,
+    SummaryPrivacy,
+    TrainerSummary,
+)
 from sealtune_devkit.cluster import REPO, LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -22,19 +29,32 @@ SHA_1 = "d" * 64
 SHA_2 = "e" * 64
 
 
-def summary(sha: str, verdict: str = "passed") -> dict[str, Any]:
-    """A trainer termination summary, as the KWOK stage writes it for annotated pods."""
-    return {
-        "privacy": {"dpEnabled": True, "epsilon": 7.9, "delta": 1e-5, "noiseMultiplier": 0.8},
-        "steps": 10,
-        "totalSteps": 10,
-        "audit": {
-            "verdict": verdict,
-            "membershipAuc": 0.51 if verdict == "passed" else 0.93,
-            "reasons": [] if verdict == "passed" else ["membership AUC 0.93 > 0.6"],
-        },
-        "adapter": {"path": "/output/clinical-notes-lora/adapter.tar.enc", "sha256": sha},
-    }
+def summary(job: str, sha: str, verdict: Literal["passed", "failed"] = "passed") -> TrainerSummary:
+    """A trainer's summary (the KWOK stage writes it as the termination message), built from
+    the contract's own models so this test cannot drift from what the trainer writes."""
+    return TrainerSummary(
+        job=job,
+        phase="Succeeded",
+        privacy=SummaryPrivacy(
+            dp_enabled=True,
+            epsilon=7.9,
+            target_epsilon=8.0,
+            delta=1e-5,
+            noise_multiplier=0.8,
+            accountant="prv",
+            ledger=[LedgerEntry(statistic="adapter", mechanism="DP-SGD", epsilon=7.9)],
+        ),
+        steps=10,
+        total_steps=10,
+        audit=SummaryAudit(
+            verdict=verdict,
+            canary_exposure=1.4 if verdict == "passed" else 9.7,
+            epsilon_lower_bound=0.3 if verdict == "passed" else 9.1,
+            reasons=[] if verdict == "passed" else ["mean canary exposure 9.7 bits > 8.0"],
+        ),
+        # Relative to the output PVC: spec.output.pvc.path, then the file.
+        adapter=SummaryAdapter(path="clinical-notes-lora/adapter.tar.enc", sha256=sha),
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,7 +89,9 @@ def prerequisites(ns: Namespace) -> None:
             ns.bound_pvc(claim)
 
 
-def run_job(ns: Namespace, name: str, message: dict[str, Any], outcome: str = "Succeeded") -> None:
+def run_job(
+    ns: Namespace, name: str, message: TrainerSummary | None, outcome: str = "Succeeded"
+) -> None:
     for claim in ("base-models", "clinical-data", "adapters"):
         if ns.get_or_none("pvc", claim) is None:
             ns.bound_pvc(claim)
@@ -77,8 +99,8 @@ def run_job(ns: Namespace, name: str, message: dict[str, Any], outcome: str = "S
     annotations = {"sealtune.test/outcome": outcome}
     if outcome == "Failed":
         annotations["sealtune.test/exit-code"] = "1"
-    if message:
-        annotations["sealtune.test/message"] = json.dumps(message)
+    if message is not None:
+        annotations["sealtune.test/message"] = message.to_message()
     ns.apply(ftj_manifest(name, podAnnotations=annotations, backoffLimit=0))
 
 
@@ -245,7 +267,7 @@ def test_waits_for_finetunejob_then_rolls_out_each_new_result(
     assert ns.get_or_none("networkpolicy", f"{name}-isolation") is None
 
     # The job runs and succeeds: the ModelServe rolls out without being touched.
-    run_job(ns, job, summary(SHA_1))
+    run_job(ns, job, summary(job, SHA_1))
     st = wait_for(lambda: phase_is(ns, name, "Ready", 1), timeout=90, what="Ready after job")
     assert st["adapterSha256"] == SHA_1
     assert condition(st, "AdapterNotReady")["status"] == "False"
@@ -259,6 +281,13 @@ def test_waits_for_finetunejob_then_rolls_out_each_new_result(
         m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "adapter"
     )
     assert mount["subPath"] == "clinical-notes-lora"
+    # The job's status names the adapter relative to the same PVC the server mounts.
+    job_status = ns.get("finetunejob", job)["status"]
+    assert job_status["output"] == {"path": "clinical-notes-lora/adapter.tar.enc", "sha256": SHA_1}
+    assert job_status["output"]["path"].rsplit("/", 1)[0] == mount["subPath"]
+    assert job_status["privacy"]["epsilonSpent"] == 7.9
+    assert job_status["audit"]["epsilonLowerBound"] == 0.3
+    assert "redactions" not in job_status and "loss" not in job_status.get("progress", {})
     assert {"FineTuneJobNotFound", "AdapterReady", "PhaseReady"} <= set(event_reasons(ns, name))
 
     # The job is re-run (deleted and created again) with a newer result: while it is gone
@@ -276,7 +305,7 @@ def test_waits_for_finetunejob_then_rolls_out_each_new_result(
     wait_for(lambda: ns.get_or_none("job", f"{job}-trainer") is None, what="old trainer gone")
     # The old checkpoint PV is Released; a fresh one is reserved for the re-run.
     ns.kubectl("delete", "pv", f"pv-{ns.name}-{job}-checkpoints", "--wait=true", check=False)
-    run_job(ns, job, summary(SHA_2))
+    run_job(ns, job, summary(job, SHA_2))
     st = wait_for(
         lambda: (s := status(ns, name)).get("adapterSha256") == SHA_2 and s,
         timeout=90,
@@ -293,9 +322,9 @@ def test_adapter_not_ready_reasons(namespace: Namespace, operator: OperatorProce
     ns = namespace
     prerequisites(ns)
     cases = {
-        "running": ("Running", {}, "FineTuneJobRunning", "Pending"),
-        "audit": ("Succeeded", summary(SHA_1, verdict="failed"), "AuditFailed", "Failed"),
-        "broken": ("Failed", {}, "FineTuneJobFailed", "Failed"),
+        "running": ("Running", None, "FineTuneJobRunning", "Pending"),
+        "audit": ("Succeeded", summary("audit", SHA_1, verdict="failed"), "AuditFailed", "Failed"),
+        "broken": ("Failed", None, "FineTuneJobFailed", "Failed"),
     }
     for job, (outcome, message, _, _) in cases.items():
         run_job(ns, job, message, outcome=outcome)
