@@ -116,7 +116,7 @@ class DatasetSource(CamelModel):
     pvc: PvcPath = Field(description="Encrypted dataset file on a PersistentVolumeClaim.")
     format: Literal["alpaca", "sharegpt", "text"] = Field(
         description="Record format: alpaca (JSON array or JSONL), sharegpt, "
-        "or text (one sample a line)."
+        "or text (blank-line-separated blocks)."
     )
     key_secret: SecretKeyRef = Field(description="Secret holding the dataset's data key.")
 
@@ -212,6 +212,27 @@ class SchedulingSpec(CamelModel):
 
 class FineTuneJobSpec(CamelModel):
     """Desired state of a differentially private LoRA fine-tune on encrypted data."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            {
+                "rule": "!has(self.privacy) || !has(self.privacy.unit) || "
+                "self.privacy.unit != 'user' || self.dataset.format != 'text'",
+                "message": "privacy.unit 'user' needs a JSON dataset format (alpaca or sharegpt): "
+                "text records carry no user field",
+                "fieldPath": ".privacy.unit",
+            }
+        )
+    )
+
+    @model_validator(mode="after")
+    def _user_unit_needs_json(self) -> FineTuneJobSpec:
+        if self.privacy.unit == "user" and self.dataset.format == "text":
+            raise ValueError(
+                "privacy.unit 'user' needs a JSON dataset format (alpaca or sharegpt): "
+                "text records carry no user field"
+            )
+        return self
 
     model: ModelSource = Field(
         description="Base model to fine-tune.", json_schema_extra=cel(immutable("model"))

@@ -82,6 +82,11 @@ class PrivacyConfig(CamelModel):
                     "message": "privacy.delta must be between 0 and 1 (exclusive)",
                     "fieldPath": ".delta",
                 },
+                {
+                    "rule": "self.unit != 'user' || has(self.userField)",
+                    "message": "privacy.unit 'user' needs privacy.userField (e.g. patient_id)",
+                    "fieldPath": ".userField",
+                },
             ]
         }
     )
@@ -107,6 +112,27 @@ class PrivacyConfig(CamelModel):
     accountant: Literal["prv", "rdp"] = Field(
         "prv", description="Privacy accountant: `prv` (tight, default) or `rdp`."
     )
+    unit: Literal["record", "user"] = Field(
+        "record",
+        description="The privacy unit. `record`: epsilon protects one record (a patient with k "
+        "records gets group epsilon ~k*epsilon). `user`: epsilon protects everything of one "
+        "user (e.g. a patient): users are Poisson-sampled, the sum of a user's per-record "
+        "gradients is clipped, and the accountant counts users.",
+    )
+    user_field: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="With unit `user`: the field of each JSON record that identifies its user "
+        "(e.g. patient_id). Not available for format `text`.",
+    )
+    max_records_per_user: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="With unit `user`: at most this many records of one user are trained on "
+        "(chosen by a keyed hash); the rest are left out.",
+    )
 
     @model_validator(mode="after")
     def _check_budget(self) -> PrivacyConfig:
@@ -115,6 +141,8 @@ class PrivacyConfig(CamelModel):
             raise ValueError("privacy.targetEpsilon must be greater than 0")
         if not 0 < self.delta < 1:
             raise ValueError("privacy.delta must be between 0 and 1 (exclusive)")
+        if self.unit == "user" and not self.user_field:
+            raise ValueError("privacy.unit 'user' needs privacy.userField (e.g. patient_id)")
         return self
 
 

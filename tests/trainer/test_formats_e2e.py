@@ -23,7 +23,7 @@ SHAREGPT = "\n".join(
     )
     for i in range(24)
 )
-TEXT = "\n".join(f"Ward note {i}: patient stable, phone 13912{i:06d}." for i in range(24))
+TEXT = "\n\n".join(f"Ward note {i}: patient stable, phone 13912{i:06d}." for i in range(24))
 
 
 @pytest.mark.parametrize(("fmt", "raw"), [("sharegpt", SHAREGPT), ("text", TEXT)])

@@ -45,15 +45,19 @@ class Record:
     text: str | None = None
     is_canary: bool = False
     where: str = ""  # position in the dataset file ("line 12", "record index 3")
+    user: str | None = None  # the privacy unit's id (privacy.unit: user), never logged
 
     def map_text(self, fn: Callable[[str], str]) -> Record:
         """Apply `fn` to every piece of text (used for redaction)."""
         if self.text is not None:
-            return Record(text=fn(self.text), is_canary=self.is_canary, where=self.where)
+            return Record(
+                text=fn(self.text), is_canary=self.is_canary, where=self.where, user=self.user
+            )
         return Record(
             messages=[{"role": m["role"], "content": fn(m["content"])} for m in self.messages],
             is_canary=self.is_canary,
             where=self.where,
+            user=self.user,
         )
 
 
@@ -64,13 +68,19 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     is_canary: bool = False
+    user: str | None = None
 
 
 # ---------------------------------------------------------------- parsing
 
 
-def parse_records(raw: bytes, fmt: DatasetFormat) -> list[Record]:
-    """Parse decrypted dataset bytes into records; raise DatasetFormatError with a position."""
+def parse_records(raw: bytes, fmt: DatasetFormat, user_field: str | None = None) -> list[Record]:
+    """Parse decrypted dataset bytes into records; raise DatasetFormatError with a position.
+
+    `format: text` records are blank-line-separated blocks (a clinical note spans many
+    lines; a line is not a privacy unit). With `user_field`, every JSON record must carry
+    that field (a string or integer id, e.g. `patient_id`); it becomes the record's user.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -79,20 +89,43 @@ def parse_records(raw: bytes, fmt: DatasetFormat) -> list[Record]:
     if text.startswith("\ufeff"):
         text = text[1:]
     if fmt == "text":
-        return [
-            Record(text=line, where=f"line {lineno}")
-            for lineno, line in enumerate((ln.rstrip("\r") for ln in text.split("\n")), 1)
-            if line.strip()
-        ]
+        if user_field:
+            raise DatasetFormatError("privacy.unit 'user' needs a JSON format, not text")
+        return _text_blocks(text)
     items = list(_json_items(text))
     parse_one = _parse_alpaca if fmt == "alpaca" else _parse_sharegpt
     records: list[Record] = []
     for where, obj in items:
         record = parse_one(obj, where)
         record.where = where
+        if user_field:
+            uid = obj.get(user_field) if isinstance(obj, dict) else None
+            if isinstance(uid, bool) or not isinstance(uid, (str, int)) or uid == "":
+                raise DatasetFormatError(
+                    f"{where}: missing user field '{user_field}' (a string or integer id)"
+                )
+            record.user = str(uid)
         records.append(record)
     if not records:
         raise DatasetFormatError("dataset contains no records")
+    return records
+
+
+def _text_blocks(text: str) -> list[Record]:
+    """Blank-line-separated blocks, each named by the line it starts on."""
+    records: list[Record] = []
+    block: list[str] = []
+    start = 0
+    for lineno, line in enumerate((ln.rstrip("\r") for ln in text.split("\n")), 1):
+        if line.strip():
+            if not block:
+                start = lineno
+            block.append(line)
+        elif block:
+            records.append(Record(text="\n".join(block), where=f"block at line {start}"))
+            block = []
+    if block:
+        records.append(Record(text="\n".join(block), where=f"block at line {start}"))
     return records
 
 
@@ -172,11 +205,13 @@ def _parse_sharegpt(obj: Any, where: str) -> Record:
     return Record(messages=messages)
 
 
-def load_encrypted_dataset(path: str | Path, key: bytes, fmt: DatasetFormat) -> list[Record]:
+def load_encrypted_dataset(
+    path: str | Path, key: bytes, fmt: DatasetFormat, user_field: str | None = None
+) -> list[Record]:
     """Decrypt the dataset in memory (never to disk) and parse it."""
     from .crypto import read_encrypted_bytes
 
-    return parse_records(read_encrypted_bytes(Path(path), key), fmt)
+    return parse_records(read_encrypted_bytes(Path(path), key), fmt, user_field)
 
 
 # ---------------------------------------------------------------- redaction and canaries
@@ -239,6 +274,18 @@ def record_bytes(record: Record) -> bytes:
 def split_held_out(
     records: Sequence[Record], fraction: float, randomness: SecretRandomness
 ) -> tuple[list[Record], list[Record]]:
+    """See `_split`; with user ids, all of a user's records fall on the same side."""
+    if any(r.user is not None for r in records):
+        return _split(records, fraction, randomness, lambda r: f"user:{r.user}".encode())
+    return _split(records, fraction, randomness, record_bytes)
+
+
+def _split(
+    records: Sequence[Record],
+    fraction: float,
+    randomness: SecretRandomness,
+    key: Callable[[Record], bytes],
+) -> tuple[list[Record], list[Record]]:
     """Split into (train, held_out) by a keyed hash of each record's content.
 
     Membership of a record depends only on the job secret and the record itself, so
@@ -248,15 +295,45 @@ def split_held_out(
     """
     if len(records) < 2:
         return list(records), []
-    scores = [randomness.uniform("holdout", record_bytes(r)) for r in records]
+    scores = [randomness.uniform("holdout", key(r)) for r in records]
     held = {i for i, s in enumerate(scores) if s < fraction}
-    if not held:  # tiny datasets: the record with the smallest score
-        held = {min(range(len(records)), key=scores.__getitem__)}
+    if not held:  # tiny datasets: the unit with the smallest score
+        low = min(scores)
+        held = {i for i, s in enumerate(scores) if s == low}
     if len(held) == len(records):
-        held.discard(max(range(len(records)), key=scores.__getitem__))
+        high = max(scores)
+        held -= {i for i, s in enumerate(scores) if s == high}
     train = [r for i, r in enumerate(records) if i not in held]
     held_out = [r for i, r in enumerate(records) if i in held]
     return train, held_out
+
+
+def cap_records_per_user(
+    records: Sequence[Record], cap: int, randomness: SecretRandomness
+) -> list[Record]:
+    """Keep at most `cap` records per user, chosen by a keyed hash (not file order).
+
+    User-level DP bounds one user's influence by clipping the *sum* of their per-record
+    gradients; the cap bounds the work per user and keeps heavy users from dominating a
+    batch. Records over the cap are not trained on (documented in docs/trainer.md).
+    """
+    by_user: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_user.setdefault(r.user or f"record:{i}", []).append(i)
+    keep: set[int] = set()
+    for idx in by_user.values():
+        if len(idx) > cap:
+            idx = sorted(idx, key=lambda i: randomness.digest("user-cap", record_bytes(records[i])))
+        keep.update(idx[:cap])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def privacy_units(examples: Sequence[Example]) -> list[list[int]]:
+    """Example indices grouped by user (records without a user, e.g. canaries, alone)."""
+    units: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        units.setdefault(ex.user if ex.user is not None else f"\x00{i}", []).append(i)
+    return list(units.values())
 
 
 # ---------------------------------------------------------------- tokenization
@@ -317,13 +394,13 @@ def tokenize_record(tokenizer: Any, record: Record, max_length: int) -> Example:
         labels = list(ids)
         if bos:
             labels[0] = IGNORE_INDEX
-        return Example(ids, labels, record.is_canary)
+        return Example(ids, labels, record.is_canary, record.user)
     text, spans = chat_spans(tokenizer, record.messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = label_spans(
         list(enc["input_ids"]), list(enc["offset_mapping"]), spans, max_length
     )
-    return Example(ids, labels, record.is_canary)
+    return Example(ids, labels, record.is_canary, record.user)
 
 
 def tokenize_variants(

@@ -164,6 +164,19 @@ def check_grad_samples(params: list[nn.Parameter], batch: int) -> None:
             )
 
 
+def sum_grad_samples_by_unit(params: list[nn.Parameter], owner: list[int], units: int) -> None:
+    """Replace per-record gradient rows by per-unit sums (user-level DP).
+
+    `owner[r]` is the unit of row r. Opacus then clips each unit's *summed* gradient to C,
+    so one user's influence on a step is bounded by C however many records they have.
+    """
+    for p in params:
+        gs = p.grad_sample  # type: ignore[attr-defined]
+        index = torch.tensor(owner, device=gs.device)
+        summed = torch.zeros((units, *gs.shape[1:]), dtype=gs.dtype, device=gs.device)
+        p.grad_sample = summed.index_add_(0, index, gs)  # type: ignore[attr-defined]
+
+
 def clear_grad_samples(params: list[nn.Parameter]) -> None:
     for p in params:
         p.grad_sample = None  # type: ignore[attr-defined]

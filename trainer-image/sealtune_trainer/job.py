@@ -107,6 +107,7 @@ def run_job(
         insert_canaries,
         load_encrypted_dataset,
         make_canaries,
+        privacy_units,
         redact_records,
         split_held_out,
         tokenize_records,
@@ -154,7 +155,8 @@ def run_job(
         raise JobError("ModelLoadError", msg, 4) from None
 
     try:
-        records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format)
+        user_field = pc.user_field if pc.unit == "user" else None
+        records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format, user_field)
         dataset_sha = sha256_file(cfg.dataset.path)
     except DatasetFormatError as exc:
         raise JobError("DatasetFormatError", str(exc), 3) from None
@@ -176,6 +178,10 @@ def run_job(
         log.info("PII redacted", extra={"entities": list(cfg.pii.entities)})
 
     train_records, held_records = split_held_out(records, cfg.audit.held_out_fraction, randomness)
+    if pc.unit == "user":
+        from .data import cap_records_per_user
+
+        train_records = cap_records_per_user(train_records, pc.max_records_per_user, randomness)
     try:
         train_ex = tokenize_records(tokenizer, train_records, tc.max_seq_length)
         held_ex = tokenize_records(tokenizer, held_records, tc.max_seq_length)
@@ -208,7 +214,9 @@ def run_job(
     else:
         examples = list(train_ex)
 
-    plan = make_plan(len(examples), tc, pc)
+    # User-level DP: the plan, the sampling and the accountant count users, not records.
+    units = privacy_units(examples) if pc.unit == "user" and pc.enabled else None
+    plan = make_plan(len(units) if units is not None else len(examples), tc, pc)
     log.info(
         "training plan",
         extra={
@@ -227,7 +235,15 @@ def run_job(
     model = add_lora(model, tc)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = Trainer(
-        model, examples, tc, pc, plan, pad_id=pad_id, randomness=randomness, device=device
+        model,
+        examples,
+        tc,
+        pc,
+        plan,
+        pad_id=pad_id,
+        randomness=randomness,
+        device=device,
+        units=units,
     )
 
     ckpt_dir = Path(cfg.checkpoint_dir)

@@ -83,6 +83,7 @@ def build_summary(
             sample_rate=finite(plan.sample_rate),
             max_grad_norm=privacy.max_grad_norm if dp_enabled else None,
             accountant=privacy.accountant if dp_enabled else None,
+            unit=privacy.unit,
             group_epsilon={k: v for k, v in group_epsilon.items() if finite(v) is not None},
             ledger=ledger(dp_enabled, eps if dp_enabled else None, audited),
         ),

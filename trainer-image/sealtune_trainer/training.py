@@ -126,9 +126,16 @@ class Trainer:
         pad_id: int,
         randomness: SecretRandomness,
         device: str = "cpu",
+        units: Sequence[Sequence[int]] | None = None,
     ) -> None:
+        """`units`: with user-level DP, example indices grouped per user; the plan then
+        counts units (users), Poisson sampling draws units, and each unit's summed
+        gradient is clipped once."""
         self.model = model
         self.randomness = randomness
+        self.units = [list(u) for u in units] if units is not None else None
+        if self.units is not None and len(self.units) != plan.n_train:
+            raise ValueError("the plan must count privacy units when units are given")
         self.examples = list(examples)
         self.training = training
         self.privacy = privacy
@@ -184,12 +191,34 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
 
+    def _unit_chunks(self, drawn: list[int]) -> list[list[list[int]]]:
+        """Micro-batches of whole units: a unit's records are never split across chunks
+        (its gradient is clipped once, on the sum), chunks hold ~microBatchSize records."""
+        if self.units is None:
+            micro = self.plan.micro_batch
+            return [[[i] for i in drawn[k : k + micro]] for k in range(0, len(drawn), micro)]
+        chunks: list[list[list[int]]] = []
+        current: list[list[int]] = []
+        size = 0
+        for u in drawn:
+            records = self.units[u]
+            if current and size + len(records) > self.plan.micro_batch:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(records)
+            size += len(records)
+        if current:
+            chunks.append(current)
+        return chunks
+
     def train_step(self) -> StepStats:
         t0 = time.perf_counter()
         if self.plan.private:
             self.randomness.reseed(self.sample_gen, f"poisson/{self.step}")
             self.randomness.reseed(self.noise_gen, f"noise/{self.step}")
-        indices = self._draw_indices()
+        drawn = self._draw_indices()
+        unit_chunks = self._unit_chunks(drawn) if self.plan.private else []
+        indices = [i for chunk in unit_chunks for unit in chunk for i in unit] or drawn
         micro = self.plan.micro_batch
         chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
         self.model.train()
@@ -201,14 +230,18 @@ class Trainer:
                     p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            for ci, chunk in enumerate(chunks):
+            for ci, units in enumerate(unit_chunks):
+                chunk = [i for unit in units for i in unit]
                 batch = collate([self.examples[i] for i in chunk], self.pad_id, self.device)
                 losses = per_sample_loss(self.model, batch)
                 losses.sum().backward()
                 dp.check_grad_samples(self.params, len(chunk))
+                if self.units is not None:
+                    owner = [pos for pos, unit in enumerate(units) for _ in unit]
+                    dp.sum_grad_samples_by_unit(self.params, owner, len(units))
                 loss_sum += float(losses.detach().sum())
                 tokens += int(batch.attention_mask.sum())
-                if ci < len(chunks) - 1:
+                if ci < len(unit_chunks) - 1:
                     self.optimizer.signal_skip_step(do_skip=True)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
