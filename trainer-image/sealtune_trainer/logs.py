@@ -26,6 +26,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage() if record.name.startswith("sealtune") else record.msg,
         }
+        if record.name == "py.warnings":
+            # "file:line: Category: text": keep where and what kind, not the library's text
+            # (which could quote a value).
+            head = str(record.getMessage()).splitlines()[0]
+            out["msg"] = ": ".join(head.split(": ")[:2]) if head else "warning"
         for k, v in vars(record).items():
             if k not in _STD and not k.startswith("_"):
                 out[k] = v
@@ -49,7 +54,11 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
+    # Deprecation chatter only; every other warning (e.g. a numerical RuntimeWarning in the
+    # accountant) stays visible, as a JSON line through the logging module.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.captureWarnings(True)
     try:
         from transformers.utils import logging as hf_logging
 
