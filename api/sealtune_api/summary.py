@@ -17,32 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-from enum import IntEnum
 from typing import Literal
 
 from pydantic import Field, ValidationError
 
 from sealtune_api.base import CamelModel
+from sealtune_api.exitcodes import ExitCode
+
+__all__ = ["ExitCode", "LedgerEntry", "TrainerSummary"]
 
 MAX_BYTES = 4096
-
-
-class ExitCode(IntEnum):
-    """Exit codes of every `sealtune` process; the operator retries only `RETRYABLE`."""
-
-    OK = 0
-    RUNTIME = 1  # an unexpected failure: retried (might be transient)
-    CONFIG = 2  # bad config or arguments; QLoRA without a GPU
-    DATASET = 3  # dataset missing or malformed
-    MODEL = 4  # model missing or failed its integrity check
-    KEY = 5  # a key cannot be read or does not decrypt
-    AUDIT = 6  # the memorization audit failed: the adapter must not be used
-    PRIVACY = 7  # the privacy budget or a DP invariant refused the run
-
-    @classmethod
-    def permanent(cls) -> list[int]:
-        """Exit codes that retrying cannot fix (the Job's podFailurePolicy fails fast)."""
-        return [int(c) for c in cls if c not in (cls.OK, cls.RUNTIME)]
 
 
 class LedgerEntry(CamelModel):

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     args = ap.parse_args(argv)
 
+    from sealtune_api.exitcodes import ExitCode
+
     from .logs import safe_traceback, setup_json_logging
     from .summary import error_summary, write_termination_message
 
@@ -61,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"cannot read config {args.config}: {type(exc).__name__}"
         log.error(msg)
         write_termination_message(term_path, error_summary("", "ConfigError", msg))
-        return 2
+        return ExitCode.USAGE
     except ValidationError as exc:
         msg = "invalid config: " + _validation_message(exc)
         log.error(msg)
         write_termination_message(term_path, error_summary("", "ConfigError", msg))
-        return 2
+        return ExitCode.USAGE
 
     from .job import JobError, run_job
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.termination_message_path,
             error_summary(cfg.job_name, "TrainerError", f"internal error ({type(exc).__name__})"),
         )
-        return 1
+        return ExitCode.RUNTIME
     text = write_termination_message(cfg.termination_message_path, result.summary)
     log.info("job finished", extra={"summary": json.loads(text)})
     return 0

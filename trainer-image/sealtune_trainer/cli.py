@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sealtune_api.exitcodes import ExitCode, describe
 from sealtune_trainer import crypto
 
 COMMAND_MODULES = [
@@ -23,26 +24,23 @@ COMMAND_MODULES = [
     "sealtune_trainer.serve.cli",
 ]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2  # argparse's own code for bad arguments
-# Distinct codes per encrypted-format problem, so scripts can tell them apart.
+EXIT_OK = ExitCode.OK
+EXIT_FAILURE = ExitCode.RUNTIME
+EXIT_USAGE = ExitCode.USAGE  # argparse's own code for bad arguments
+# Distinct codes per encrypted-format problem, from the one table in sealtune_api.exitcodes.
 CRYPTO_EXIT_CODES: dict[type[crypto.CryptoError], int] = {
-    crypto.InvalidKeyError: 3,
-    crypto.WrongKeyError: 4,
-    crypto.CorruptedError: 5,  # also AppendedDataError
-    crypto.TruncatedError: 6,
-    crypto.ReorderedError: 7,
-    crypto.UnsupportedVersionError: 8,
-    crypto.NotEncryptedError: 9,
+    crypto.InvalidKeyError: ExitCode.KEY,
+    crypto.WrongKeyError: ExitCode.KEY,
+    crypto.CorruptedError: ExitCode.CORRUPTED,  # also AppendedDataError
+    crypto.TruncatedError: ExitCode.TRUNCATED,
+    crypto.ReorderedError: ExitCode.REORDERED,
+    crypto.UnsupportedVersionError: ExitCode.UNSUPPORTED_VERSION,
+    crypto.NotEncryptedError: ExitCode.NOT_ENCRYPTED,
 }
-EXIT_CRYPTO_OTHER = 10
-EXIT_INTERRUPTED = 130
+EXIT_CRYPTO_OTHER = ExitCode.CRYPTO_OTHER
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
-_EPILOG = (
-    "exit codes: 0 ok, 1 error, 2 usage, 3 bad key file, 4 wrong key, 5 corrupted, "
-    "6 truncated, 7 reordered, 8 unsupported version, 9 not encrypted, 10 other crypto error"
-)
+_EPILOG = describe()
 
 
 class UserError(Exception):

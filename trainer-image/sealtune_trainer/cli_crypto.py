@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sealtune_api.exitcodes import ExitCode
 from sealtune_trainer import crypto
 
 PROGRESS_MIN_BYTES = 8 << 20  # no bar for small files
@@ -201,7 +202,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         width = max(len(k) for k in info)
         for k, v in info.items():
             print(f"{k:<{width}}  {v}")
-    return 0 if info["sizeConsistent"] else 5
+    return 0 if info["sizeConsistent"] else ExitCode.CORRUPTED
 
 
 def cmd_redact(args: argparse.Namespace) -> int:

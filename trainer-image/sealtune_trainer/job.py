@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealtune_api.exitcodes import ExitCode
 from sealtune_api.summary import TrainerSummary
 from sealtune_api.trainer_config import TrainerConfig
 
@@ -141,7 +142,7 @@ def run_job(
         out_key = load_key(cfg.output_key_file)
         ckpt_key = load_key(cfg.checkpoint_key_file)
     except (CryptoError, OSError) as exc:
-        raise JobError("KeyError", f"cannot load a key: {exc}", 5) from None
+        raise JobError("KeyError", f"cannot load a key: {exc}", ExitCode.KEY) from None
     # All privacy-protecting randomness derives from the per-job key, not from the spec.
     randomness = SecretRandomness.derive(ckpt_key, cfg.job_uid)
 
@@ -149,21 +150,23 @@ def run_job(
         verify_model_dir(cfg.model_dir, cfg.model_manifest_sha256)
         tokenizer = load_tokenizer(cfg.model_dir)
     except ModelIntegrityError as exc:
-        raise JobError("ModelIntegrityError", str(exc), 4) from None
+        raise JobError("ModelIntegrityError", str(exc), ExitCode.MODEL) from None
     except OSError as exc:
         msg = f"cannot load the model: {type(exc).__name__}"
-        raise JobError("ModelLoadError", msg, 4) from None
+        raise JobError("ModelLoadError", msg, ExitCode.MODEL) from None
 
     try:
         user_field = pc.user_field if pc.unit == "user" else None
         records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format, user_field)
         dataset_sha = sha256_file(cfg.dataset.path)
     except DatasetFormatError as exc:
-        raise JobError("DatasetFormatError", str(exc), 3) from None
+        raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
     except CryptoError as exc:
-        raise JobError("DatasetDecryptError", str(exc), 5) from None
+        raise JobError("DatasetDecryptError", str(exc), ExitCode.KEY) from None
     except FileNotFoundError:
-        raise JobError("DatasetNotFound", f"dataset {cfg.dataset.path} not found", 3) from None
+        raise JobError(
+            "DatasetNotFound", f"dataset {cfg.dataset.path} not found", ExitCode.DATASET
+        ) from None
     log.info("dataset decrypted in memory", extra={"records": len(records)})
 
     if cfg.pii.enabled:
@@ -186,7 +189,7 @@ def run_job(
         train_ex = tokenize_records(tokenizer, train_records, tc.max_seq_length)
         held_ex = tokenize_records(tokenizer, held_records, tc.max_seq_length)
     except DatasetFormatError as exc:
-        raise JobError("DatasetFormatError", str(exc), 3) from None
+        raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
     canaries = make_canaries(cfg.audit.canaries, randomness.rng("canary-secrets"))
     # One secret coin per canary (p = 1/2): included ones are trained on, the others are
     # the one-run audit's controls (Steinke et al. 2023).
@@ -230,7 +233,7 @@ def run_job(
     try:
         model = load_base_model(cfg.model_dir, tc, device)
     except QLoRAUnavailableError as exc:
-        raise JobError("QLoRAUnavailable", str(exc), 2) from None
+        raise JobError("QLoRAUnavailable", str(exc), ExitCode.USAGE) from None
     torch.manual_seed(seed)
     model = add_lora(model, tc)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

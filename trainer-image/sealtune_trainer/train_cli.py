@@ -99,7 +99,15 @@ def trainer_config_from_job(
 def load_job_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
-    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise JobSpecError(f"{path}: {problem}{where}") from None
+    except UnicodeDecodeError:
+        raise JobSpecError(f"{path}: not UTF-8 text") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
     if len(jobs) != 1:
         raise JobSpecError(f"{path}: expected exactly one FineTuneJob document, found {len(jobs)}")
@@ -108,6 +116,8 @@ def load_job_yaml(path: Path) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handler of `sealtune train`."""
+    from sealtune_api.exitcodes import ExitCode
+
     from .logs import quiet_libraries
 
     quiet_libraries()
@@ -118,7 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     except (JobSpecError, OSError) as exc:
         print(f"sealtune train: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     from tqdm import tqdm
 
@@ -148,7 +158,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.summary_out:
         Path(args.summary_out).write_text(text, encoding="utf-8")
     print(json.dumps(json.loads(text), indent=2) if not args.quiet else text)
-    return 0
+    audit = result.summary.audit
+    if audit is not None and audit.verdict == "failed":
+        print(f"sealtune train: audit failed: {'; '.join(audit.reasons)}", file=sys.stderr)
+        return ExitCode.AUDIT
+    return ExitCode.OK
 
 
 def register(subparsers: Any) -> None:
