@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
 
+from sealtune_api.summary import TrainerSummary
+
 pytestmark = pytest.mark.integration
 
 
@@ -126,7 +128,9 @@ def test_operator_metrics_and_liveness(namespace: Namespace, operator: OperatorP
     ns = namespace
     _prerequisites(ns)
     ns.pv_for("metered-checkpoints")
-    ns.apply(ftj_manifest("metered"))
+    done = TrainerSummary(job="metered", phase="Succeeded", steps=1, total_steps=1)
+    annotations = {"sealtune.test/outcome": "Succeeded", "sealtune.test/message": done.to_message()}
+    ns.apply(ftj_manifest("metered", podAnnotations=annotations))
     wait_for(
         lambda: (ns.get("finetunejob", "metered").get("status") or {}).get("phase") == "Succeeded",
         timeout=90,
