@@ -102,6 +102,12 @@ class TrainerSummary(CamelModel):
     total_steps: int | None = None
     epochs: int | None = None
     records: SummaryRecords | None = None
+    noised_loss: list[float] | None = Field(
+        None,
+        description="The DP-noised training loss, one value per release (every "
+        "`noisedLossInterval` steps); its cost is in the ledger. Never the raw loss.",
+    )
+    noised_loss_interval: int | None = None
     audit: SummaryAudit | None = None
     adapter: SummaryAdapter | None = None
     resumed_from_step: int | None = None
@@ -136,6 +142,9 @@ class TrainerSummary(CamelModel):
             text = dump()
         if len(text.encode()) > limit and data.audit is not None:
             data.audit.reasons = [r[:120] for r in data.audit.reasons[:3]]
+            text = dump()
+        if len(text.encode()) > limit and data.noised_loss:
+            data.noised_loss = data.noised_loss[-10:]
             text = dump()
         if len(text.encode()) > limit and data.privacy is not None:
             data.privacy.ledger = data.privacy.ledger[:4]

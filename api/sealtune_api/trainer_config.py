@@ -112,6 +112,22 @@ class PrivacyConfig(CamelModel):
     accountant: Literal["prv", "rdp"] = Field(
         "prv", description="Privacy accountant: `prv` (tight, default) or `rdp`."
     )
+    release_loss: bool = Field(
+        True,
+        description="Release a DP-noised training loss every lossReleaseInterval steps (status, "
+        "metrics, logs): per-sample losses clipped to lossClip, summed, plus Gaussian noise; "
+        "its cost is a declared share (lossBudgetShare) of targetEpsilon. The raw loss never "
+        "leaves the trainer.",
+    )
+    loss_release_interval: int = Field(
+        10, ge=1, le=100000, description="Optimizer steps between two noised loss releases."
+    )
+    loss_clip: float = Field(
+        8.0, gt=0, le=100, description="Per-sample (per-user) loss bound: the sensitivity."
+    )
+    loss_budget_share: float = Field(
+        0.05, gt=0, lt=0.5, description="Share of targetEpsilon spent on loss releases."
+    )
     unit: Literal["record", "user"] = Field(
         "record",
         description="The privacy unit. `record`: epsilon protects one record (a patient with k "

@@ -71,8 +71,9 @@ def test_summary_carries_the_ledger_and_no_private_statistic() -> None:
         "mechanism": "DP-SGD (Poisson-subsampled Gaussian, per-sample clipping)",
         "epsilon": 7.99,
     }
-    # every other release is public by declaration or post-processing: no epsilon share
-    assert {e["mechanism"] for e in ledger[1:]} <= {"public", "post-processing"}
+    # every other release is public by declaration, post-processing, or the total
+    assert {e["mechanism"] for e in ledger[1:]} <= {"public", "post-processing", "composition"}
+    assert ledger[-2]["statistic"].startswith("total") and ledger[-2]["epsilon"] == 7.99
     assert s["privacy"]["targetEpsilon"] == 8.0 and s["privacy"]["accountant"] == "prv"
     assert s["privacy"]["groupEpsilon"]["5"] == 39.95
 
@@ -102,4 +103,4 @@ def test_metrics_served_without_loss_or_token_counts() -> None:
     assert 'sealtune_train_total_steps{job="job-a"} 10.0' in text
     assert 'sealtune_train_epsilon{job="job-a"} 0.75' in text
     assert 'sealtune_train_steps_per_second{job="job-a"} 2.5' in text
-    assert "loss" not in text and "tokens" not in text
+    assert "sealtune_train_loss" not in text and "tokens" not in text  # only the noised loss

@@ -18,6 +18,7 @@ of Opacus' own hooks) against a by-hand clipped mean of per-sample gradients.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -110,6 +111,55 @@ def solve_noise_multiplier(privacy: PrivacyConfig, sample_rate: float, steps: in
             epsilon_tolerance=0.01,
         )
     )
+
+
+def composed_epsilon(kind: str, history: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of several Poisson-subsampled Gaussian mechanisms composed (one accountant)."""
+    history = [h for h in history if h[2] > 0]
+    if not history:
+        return 0.0
+    acc = make_accountant(kind)
+    acc.history = list(history)
+    return float(acc.get_epsilon(delta=delta))
+
+
+def loss_releases(total_steps: int, interval: int) -> int:
+    """How many noised losses a run of `total_steps` releases (every `interval`, and last)."""
+    return total_steps // interval + (1 if total_steps % interval else 0)
+
+
+def solve_with_loss_release(
+    privacy: PrivacyConfig, sample_rate: float, steps: int, releases: int
+) -> tuple[float, float]:
+    """Noise multipliers (DP-SGD, loss release) so that both together spend the target.
+
+    The loss noise is tied to the SGD noise by a factor chosen so the releases cost about
+    `lossBudgetShare` of the budget (Gaussian cost ~ count / sigma^2); then one bisection on
+    the SGD sigma makes the *composed* epsilon meet the target (tolerance 1%).
+    """
+    share = privacy.loss_budget_share
+    ratio = math.sqrt(releases * (1 - share) / (share * steps))
+    target = privacy.target_epsilon
+    seen: dict[float, float] = {}
+
+    def eps(sigma: float) -> float:
+        if sigma not in seen:
+            hist = [(sigma, sample_rate, steps), (sigma * ratio, sample_rate, releases)]
+            seen[sigma] = composed_epsilon(privacy.accountant, hist, privacy.delta)
+        return seen[sigma]
+
+    # SGD alone needs sigma0; adding a mechanism of cost share s needs ~sigma0/sqrt(1-s).
+    lo = solve_noise_multiplier(privacy, sample_rate, steps)
+    hi = lo / math.sqrt(1 - share) * 1.05
+    while eps(hi) > target:
+        lo, hi = hi, hi * 1.2
+    while target - eps(hi) > 0.01 * target and hi - lo > 1e-4 * hi:
+        mid = (lo + hi) / 2
+        if eps(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi, hi * ratio
 
 
 def epsilon_of(accountant: Any, delta: float) -> float:

@@ -260,10 +260,13 @@ def run_job(
 
     metrics = TrainingMetrics(cfg.job_name, cfg.metrics_port)
     eps_last = [time.monotonic()]
+    noised_losses: list[float] = []
 
     # Privacy ledger: only public-by-declaration numbers (step, T, epsilon so far, timing)
     # leave the pod while training; never the loss, batch sizes or token counts.
     def on_step(stats: Any) -> None:
+        if stats.noised_loss is not None:
+            noised_losses.append(stats.noised_loss)
         eps: float | None = None
         # Epsilon so far costs ~0.2-1 s with PRV: refresh it every 15 s and at the end.
         if time.monotonic() - eps_last[0] >= 15.0 or stats.step == plan.total_steps:
@@ -273,6 +276,7 @@ def run_job(
             step=stats.step,
             total=plan.total_steps,
             steps_per_second=1.0 / max(stats.seconds, 1e-9),
+            noised_loss=stats.noised_loss,
             epsilon=eps,
         )
         if stats.step % cfg.checkpoint_interval_steps == 0 and stats.step < plan.total_steps:
@@ -286,6 +290,11 @@ def run_job(
                     "step": stats.step,
                     "totalSteps": plan.total_steps,
                     "epoch": stats.epoch,
+                    **(
+                        {"noisedLoss": round(stats.noised_loss, 4)}
+                        if stats.noised_loss is not None
+                        else {}
+                    ),
                     **(
                         {"epsilon": round(eps, 4)} if eps is not None and math.isfinite(eps) else {}
                     ),
@@ -337,6 +346,8 @@ def run_job(
         adapter_sha256=adapter_sha,
         resumed_from_step=resumed_from,
         seconds=time.perf_counter() - t_start,
+        shares=trainer.epsilon_shares(),
+        noised_loss=noised_losses,
     )
     return JobResult(summary=summary, model=model)
 

@@ -33,6 +33,10 @@ class TrainingMetrics:
         self.steps_per_second = gauge(
             "sealtune_train_steps_per_second", "Optimizer steps per second (last step)."
         )
+        self.noised_loss = gauge(
+            "sealtune_train_noised_loss",
+            "DP-noised training loss of the last release (its epsilon is in the ledger).",
+        )
         self.job = job
         self.server: Any = None
         if port:
@@ -48,12 +52,15 @@ class TrainingMetrics:
         total: int,
         steps_per_second: float,
         epsilon: float | None = None,
+        noised_loss: float | None = None,
     ) -> None:
         self.step.labels(self.job).set(step)
         self.total.labels(self.job).set(total)
         self.steps_per_second.labels(self.job).set(steps_per_second)
         if epsilon is not None:
             self.epsilon.labels(self.job).set(epsilon)
+        if noised_loss is not None:
+            self.noised_loss.labels(self.job).set(noised_loss)
 
     def close(self) -> None:
         if self.server is not None:

@@ -30,15 +30,21 @@ PUBLIC = "public"
 POST = "post-processing"
 
 
-def ledger(dp_enabled: bool, epsilon: float | None, audited: bool) -> list[LedgerEntry]:
-    """Every released statistic with its mechanism and epsilon share."""
+def ledger(
+    dp_enabled: bool, epsilon: float | None, audited: bool, shares: dict[str, float] | None = None
+) -> list[LedgerEntry]:
+    """Every released statistic with its mechanism and epsilon share.
+
+    `shares` holds each DP mechanism's epsilon alone; `epsilon` is the accountant's
+    composition of all of them (smaller than their sum)."""
+    shares = shares or {}
     entries = [
         LedgerEntry(
             statistic="adapter",
             mechanism="DP-SGD (Poisson-subsampled Gaussian, per-sample clipping)"
             if dp_enabled
             else "none (DP disabled: no guarantee)",
-            epsilon=epsilon,
+            epsilon=finite(shares.get("adapter", epsilon)) if dp_enabled else None,
         ),
         LedgerEntry(statistic="privacy.epsilon (accountant)", mechanism=POST),
         LedgerEntry(statistic="records.train, records.heldOut (N)", mechanism=PUBLIC),
@@ -46,6 +52,22 @@ def ledger(dp_enabled: bool, epsilon: float | None, audited: bool) -> list[Ledge
         LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism=PUBLIC),
         LedgerEntry(statistic="adapter.sha256", mechanism=POST),
     ]
+    if "trainingLoss" in shares:
+        entries.append(
+            LedgerEntry(
+                statistic="noisedLoss (training loss, clipped, every k steps)",
+                mechanism="Gaussian (Poisson-subsampled, sensitivity lossClip)",
+                epsilon=finite(shares["trainingLoss"]),
+            )
+        )
+    if dp_enabled:
+        entries.append(
+            LedgerEntry(
+                statistic="total (composed by the accountant)",
+                mechanism="composition",
+                epsilon=epsilon,
+            )
+        )
     if audited:
         entries.append(LedgerEntry(statistic="audit (canaries only)", mechanism=POST))
     return entries
@@ -67,6 +89,8 @@ def build_summary(
     adapter_sha256: str | None,
     resumed_from_step: int | None,
     seconds: float,
+    shares: dict[str, float] | None = None,
+    noised_loss: list[float] | None = None,
 ) -> TrainerSummary:
     dp_enabled = bool(plan.private)
     eps = finite(epsilon)
@@ -85,12 +109,14 @@ def build_summary(
             accountant=privacy.accountant if dp_enabled else None,
             unit=privacy.unit,
             group_epsilon={k: v for k, v in group_epsilon.items() if finite(v) is not None},
-            ledger=ledger(dp_enabled, eps if dp_enabled else None, audited),
+            ledger=ledger(dp_enabled, eps if dp_enabled else None, audited, shares),
         ),
         steps=steps,
         total_steps=plan.total_steps,
         epochs=epochs,
         records=SummaryRecords(train=train_records, held_out=held_out_records),
+        noised_loss=[round(x, 4) for x in noised_loss] if noised_loss else None,
+        noised_loss_interval=plan.loss_release_interval or None if noised_loss else None,
         audit=audit_summary(audit) if audit is not None else None,
         adapter=SummaryAdapter(path=adapter_path, sha256=adapter_sha256)
         if adapter_path and adapter_sha256

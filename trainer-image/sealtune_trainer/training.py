@@ -39,6 +39,9 @@ class TrainPlan:
     total_steps: int
     sample_rate: float
     noise_multiplier: float | None  # None: no DP
+    loss_noise_multiplier: float | None = None  # None: no loss release
+    loss_release_interval: int = 0
+    loss_clip: float = 0.0
 
     @property
     def private(self) -> bool:
@@ -53,7 +56,13 @@ def make_plan(n_train: int, training: TrainingConfig, privacy: PrivacyConfig) ->
     sample_rate = logical / n_train
     steps_per_epoch = max(1, round(1 / sample_rate))
     total = steps_per_epoch * training.epochs
-    noise = dp.solve_noise_multiplier(privacy, sample_rate, total) if privacy.enabled else None
+    noise: float | None = None
+    loss_noise: float | None = None
+    if privacy.enabled and privacy.release_loss:
+        releases = dp.loss_releases(total, privacy.loss_release_interval)
+        noise, loss_noise = dp.solve_with_loss_release(privacy, sample_rate, total, releases)
+    elif privacy.enabled:
+        noise = dp.solve_noise_multiplier(privacy, sample_rate, total)
     return TrainPlan(
         n_train=n_train,
         logical_batch=logical,
@@ -62,6 +71,9 @@ def make_plan(n_train: int, training: TrainingConfig, privacy: PrivacyConfig) ->
         total_steps=total,
         sample_rate=sample_rate,
         noise_multiplier=noise,
+        loss_noise_multiplier=loss_noise,
+        loss_release_interval=privacy.loss_release_interval if loss_noise else 0,
+        loss_clip=privacy.loss_clip if loss_noise else 0.0,
     )
 
 
@@ -74,6 +86,7 @@ class StepStats:
     tokens: int
     seconds: float
     samples: int
+    noised_loss: float | None = None  # DP release (only at release steps); the rest stays here
 
 
 @dataclass
@@ -223,6 +236,7 @@ class Trainer:
         chunks = [indices[i : i + micro] for i in range(0, len(indices), micro)]
         self.model.train()
         loss_sum = 0.0
+        clipped_loss_sum = 0.0  # per unit clipped to lossClip: the noised release's input
         tokens = 0
         if self.plan.private:
             if not chunks:  # an empty Poisson draw: the update is pure noise
@@ -236,9 +250,13 @@ class Trainer:
                 losses = per_sample_loss(self.model, batch)
                 losses.sum().backward()
                 dp.check_grad_samples(self.params, len(chunk))
+                owner = [pos for pos, unit in enumerate(units) for _ in unit]
                 if self.units is not None:
-                    owner = [pos for pos, unit in enumerate(units) for _ in unit]
                     dp.sum_grad_samples_by_unit(self.params, owner, len(units))
+                per_unit = torch.zeros(len(units), dtype=torch.float64).index_add_(
+                    0, torch.tensor(owner), losses.detach().double().cpu()
+                )
+                clipped_loss_sum += float(per_unit.clamp(0.0, self.plan.loss_clip or 0.0).sum())
                 loss_sum += float(losses.detach().sum())
                 tokens += int(batch.attention_mask.sum())
                 if ci < len(unit_chunks) - 1:
@@ -258,6 +276,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.last_loss = loss_sum / len(indices) if indices else self.last_loss
+        noised = self._release_loss(clipped_loss_sum) if self.releases_loss_now() else None
         return StepStats(
             step=self.step,
             total_steps=self.plan.total_steps,
@@ -266,17 +285,70 @@ class Trainer:
             tokens=tokens,
             seconds=time.perf_counter() - t0,
             samples=len(indices),
+            noised_loss=noised,
         )
 
+    # ------------------------------------------------------------ noised loss release
+
+    def releases_loss_now(self) -> bool:
+        """After step `self.step`: every `lossReleaseInterval` steps, and the last step."""
+        every = self.plan.loss_release_interval
+        if not every or self.plan.loss_noise_multiplier is None:
+            return False
+        return self.step % every == 0 or self.step == self.plan.total_steps
+
+    def loss_releases_done(self) -> int:
+        every = self.plan.loss_release_interval
+        if not every or self.plan.loss_noise_multiplier is None:
+            return 0
+        return dp.loss_releases(self.step, every)
+
+    def _release_loss(self, clipped_sum: float) -> float:
+        """The Gaussian mechanism on the sum of clipped per-unit losses (sensitivity
+        lossClip under add/remove), divided by the expected batch, like DP-SGD's update."""
+        assert self.plan.loss_noise_multiplier is not None
+        gen = self.randomness.generator(f"loss-noise/{self.step}")
+        std = self.plan.loss_noise_multiplier * self.plan.loss_clip
+        # secure-mode style: mean of four draws at twice the std (Holohan et al. 2021)
+        draws = torch.normal(0.0, 2 * std, size=(4,), generator=gen, dtype=torch.float64)
+        return (clipped_sum + float(draws.sum() / 4)) / self.plan.logical_batch
+
+    def _history(self) -> list[tuple[float, float, int]]:
+        hist: list[tuple[float, float, int]] = [
+            (float(h[0]), float(h[1]), int(h[2])) for h in self.accountant.history
+        ]
+        if self.plan.loss_noise_multiplier is not None:
+            hist.append(
+                (self.plan.loss_noise_multiplier, self.plan.sample_rate, self.loss_releases_done())
+            )
+        return hist
+
     def epsilon(self) -> float:
-        """Epsilon spent so far (memoized on the accountant history: PRV costs ~0.2-1 s)."""
+        """Epsilon spent so far by DP-SGD and the loss releases together (memoized: PRV
+        costs ~0.2-1 s)."""
         if not self.plan.private:
             return math.inf
-        key = tuple(tuple(h) for h in self.accountant.history)
+        key = tuple(self._history())
         if key != self._eps_key:
-            self._eps_value = dp.epsilon_of(self.accountant, self.privacy.delta)
+            self._eps_value = dp.composed_epsilon(
+                self.privacy.accountant, list(key), self.privacy.delta
+            )
             self._eps_key = key
         return self._eps_value
+
+    def epsilon_shares(self) -> dict[str, float]:
+        """Each mechanism's epsilon alone (the ledger's shares; their sum bounds the total)."""
+        if not self.plan.private:
+            return {}
+        hist = self._history()
+        out = {
+            "adapter": dp.composed_epsilon(self.privacy.accountant, hist[:1], self.privacy.delta)
+        }
+        if len(hist) > 1:
+            out["trainingLoss"] = dp.composed_epsilon(
+                self.privacy.accountant, hist[1:], self.privacy.delta
+            )
+        return out
 
     def group_epsilon(self, sizes: tuple[int, ...] = (2, 5, 10)) -> dict[str, float]:
         """Epsilon for a group of k records (e.g. one patient's k notes), record-level DP.
@@ -359,6 +431,8 @@ def plan_fingerprint(plan: TrainPlan) -> list[Any]:
         plan.total_steps,
         plan.sample_rate,
         plan.noise_multiplier,
+        plan.loss_noise_multiplier,
+        plan.loss_release_interval,
     ]
 
 
