@@ -70,6 +70,12 @@ class SummaryAudit(CamelModel):
     max_possible_exposure: float | None = None
     max_canary_exposure: float | None = None
     epsilon_lower_bound: float | None = None
+    membership_auc_calibrated: float | None = Field(
+        None, description="AUC of the base-calibrated canary score (included vs excluded)."
+    )
+    tpr_at_fpr: dict[str, list[float]] | None = Field(
+        None, description="FPR -> [TPR, 95% low, 95% high] of the calibrated canary score."
+    )
     exposures: list[float] | None = None
 
 

@@ -92,3 +92,15 @@ def test_overfit_model_is_flagged_and_dp_model_passes(audits: dict) -> None:
     assert all(0.0 <= e <= 10.0 for e in (over.exposures or []) + (dp.exposures or []))
     # a failed audit still leaves only an encrypted adapter, and reports it
     assert audits["overfit"].adapter.sha256
+
+
+def test_tpr_at_low_fpr_with_intervals() -> None:
+    from sealtune_trainer.audit import tpr_at_fpr
+
+    non = [i / 1000 for i in range(1000)]  # uniform non-member scores
+    perfect = [2.0] * 50
+    tpr, lo, hi = tpr_at_fpr(perfect, non, 0.01)
+    assert tpr == 1.0 and lo > 0.9 and hi == 1.0
+    chance = [i / 50 for i in range(50)]
+    tpr, lo, hi = tpr_at_fpr(chance, non, 0.01)
+    assert tpr <= 0.04 and lo == 0.0 and hi < 0.2

@@ -11,8 +11,11 @@ The one-run lower bound (Steinke, Nasr, Jagielski 2023) includes each canary by 
 coin and scores it by base-model loss minus fine-tuned loss: a DP implementation whose
 lower bound exceeds its claimed epsilon is broken, and the audit fails.
 
-`membership_auc` (loss-threshold membership inference, ROC AUC between training and
-held-out records) stays as a tool for benchmarks; the job does not release it, because
+The membership headline is a calibrated score on the same canaries (base-model loss minus
+fine-tuned loss; included canaries are members): TPR at 1% and 0.1% FPR with 95%
+Clopper-Pearson intervals, and the calibrated AUC. `membership_auc` (loss-threshold
+membership inference, ROC AUC between training and held-out records) stays as a tool for
+benchmarks; the job does not release it, because
 it is an un-noised statistic of private records.
 """
 
@@ -61,6 +64,9 @@ class AuditResult:
     epsilon_lower_bound: float | None = None
     guesses: int = 0
     correct_guesses: int = 0
+    # calibrated membership score on canaries (included = members, excluded = non-members)
+    membership_auc_calibrated: float | None = None
+    tpr_at_fpr: dict[str, list[float]] = field(default_factory=dict)  # fpr -> [tpr, lo, hi]
     verdict: str = "passed"
     reasons: list[str] = field(default_factory=list)
 
@@ -73,6 +79,7 @@ class AuditResult:
             "membership_auc",
             "max_possible_exposure",
             "epsilon_lower_bound",
+            "membership_auc_calibrated",
         ):
             if d[k] is not None:
                 d[k] = round(d[k], 4)
@@ -225,6 +232,30 @@ def one_run_epsilon_lower_bound(
     return lo, r, correct
 
 
+def _clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    from scipy.stats import beta
+
+    a = (1 - confidence) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def tpr_at_fpr(
+    members: Sequence[float], non_members: Sequence[float], fpr: float
+) -> tuple[float, float, float]:
+    """True-positive rate at a false-positive rate (LiRA-style headline), with a 95%
+    Clopper-Pearson interval. The threshold is the (1 - fpr) quantile of non-member scores;
+    with fewer than 1/fpr non-members the threshold is their maximum (FPR 0 on this sample),
+    which the interval's width makes visible."""
+    ranked = sorted(non_members, reverse=True)
+    allowed = int(fpr * len(ranked))
+    threshold = ranked[allowed] if allowed < len(ranked) else float("-inf")
+    hits = sum(1 for s in members if s > threshold)
+    lo, hi = _clopper_pearson(hits, len(members))
+    return hits / len(members), lo, hi
+
+
 @torch.no_grad()
 def canary_scores(
     model: Any,
@@ -305,6 +336,12 @@ def run_audit(
         res.epsilon_lower_bound, res.guesses, res.correct_guesses = one_run_epsilon_lower_bound(
             scores, included
         )
+        members = [s for s, inc in zip(scores, included, strict=True) if inc]
+        non_members = [s for s, inc in zip(scores, included, strict=True) if not inc]
+        if members and non_members:
+            res.membership_auc_calibrated = roc_auc(members, non_members)
+            for fpr in (0.01, 0.001):
+                res.tpr_at_fpr[str(fpr)] = list(tpr_at_fpr(members, non_members, fpr))
         if math.isfinite(claimed_epsilon) and res.epsilon_lower_bound > claimed_epsilon:
             res.reasons.append(
                 f"empirical epsilon lower bound {res.epsilon_lower_bound:.2f} exceeds the "

@@ -139,6 +139,8 @@ def audit_summary(result: Any) -> SummaryAudit:
         max_possible_exposure=d["max_possible_exposure"],
         max_canary_exposure=d["max_canary_exposure"],
         epsilon_lower_bound=d["epsilon_lower_bound"],
+        membership_auc_calibrated=d["membership_auc_calibrated"],
+        tpr_at_fpr={k: [round(x, 4) for x in v] for k, v in d["tpr_at_fpr"].items()} or None,
         exposures=d["exposures"] or None,
     )
 
