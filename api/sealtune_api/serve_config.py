@@ -168,5 +168,12 @@ class ServeConfig(CamelModel):
     def load(cls, path: str | Path) -> ServeConfig:
         """Read a JSON or YAML config file (camelCase keys)."""
         text = Path(path).read_text(encoding="utf-8")
-        data: Any = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        try:
+            data: Any = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON at line {exc.lineno}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ValueError(f"{path}: not valid YAML{where}") from None
         return cls.model_validate(data or {})

@@ -50,3 +50,12 @@ def test_a_bad_key_file_is_a_key_error_in_decrypt_too(tmp_path: Path) -> None:
     r = _sealtune("decrypt", "-k", str(key), str(enc), "-")
     assert r.returncode == ExitCode.KEY, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_startup_errors_are_one_line(tmp_path: Path) -> None:
+    """Review: `sealtune serve` printed a 40-line traceback for a YAML typo."""
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("modelDir: /models\nlisten: [\n")
+    r = _sealtune("serve", "--config", str(bad))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "line 3" in r.stderr

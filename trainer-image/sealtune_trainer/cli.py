@@ -21,6 +21,7 @@ from sealtune_trainer import crypto
 COMMAND_MODULES = [
     "sealtune_trainer.cli_crypto",
     "sealtune_trainer.train_cli",
+    "sealtune_trainer.plan",
     "sealtune_trainer.serve.cli",
 ]
 
@@ -118,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.strerror or type(e).__name__}{where}", EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as e:  # a bug: one line for the user, the traceback only on request
+        if os.environ.get("SEALTUNE_DEBUG"):
+            raise
+        return _fail(
+            f"internal error ({type(e).__name__}); rerun with SEALTUNE_DEBUG=1 for details",
+            EXIT_FAILURE,
+        )
 
 
 if __name__ == "__main__":
