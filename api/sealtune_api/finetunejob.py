@@ -119,6 +119,13 @@ class DatasetSource(CamelModel):
         "or text (blank-line-separated blocks)."
     )
     key_secret: SecretKeyRef = Field(description="Secret holding the dataset's data key.")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[a-f0-9]{64}$",
+        description="sha256 of the encrypted dataset file. The trainer refuses a file with "
+        "another digest, and PrivacyBudgets match jobs to their dataset by it (required in a "
+        "namespace that has a PrivacyBudget).",
+    )
 
 
 class OutputSpec(CamelModel):
@@ -357,6 +364,11 @@ class FineTuneJobStatus(CamelModel):
     )
     conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
     job_name: str | None = Field(None, description="Name of the batch/v1 Job running the trainer.")
+    attempts: int | None = Field(
+        None,
+        description="Trainer pods started so far: 1, plus one per retry after a failed pod "
+        "(e.g. an OOM kill); at most backoffLimit + 1.",
+    )
     progress: ProgressStatus | None = Field(None, description="Training progress.")
     privacy: PrivacyStatus | None = Field(None, description="Privacy guarantee spent.")
     audit: AuditStatus | None = Field(None, description="Memorization audit results.")

@@ -212,6 +212,9 @@ class DatasetFiles(CamelModel):
     path: str = Field(description="Path of the encrypted dataset file.")
     format: Literal["alpaca", "sharegpt", "text"] = Field(description="Record format.")
     key_file: str = Field(description="File holding the 32-byte data key (raw or base64).")
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the encrypted file (spec.dataset.sha256)."
+    )
 
 
 class TrainerConfig(CamelModel):
@@ -290,6 +293,7 @@ def trainer_config_from_job(job: FineTuneJob, mounts: Mounts) -> TrainerConfig:
             path=_join(mounts.dataset, spec.dataset.pvc.path),
             format=spec.dataset.format,
             key_file=mounts.dataset_key_file,
+            sha256=spec.dataset.sha256,
         ),
         output_dir=_join(mounts.output, spec.output.pvc.path),
         output_key_file=mounts.output_key_file,

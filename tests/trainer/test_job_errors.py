@@ -40,3 +40,13 @@ def test_missing_key_file_exit_5(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(JobError) as info:
         run_job(cfg, device="cpu")
     assert info.value.exit_code == 5
+
+
+def test_dataset_with_another_digest_is_refused_before_decryption(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    cfg = make_job(tmp_path, tiny_model, n_records=8)
+    cfg.dataset.sha256 = "0" * 64
+    with pytest.raises(JobError) as info:
+        run_job(cfg, device="cpu")
+    assert info.value.reason == "DatasetIntegrityError" and info.value.exit_code == 3

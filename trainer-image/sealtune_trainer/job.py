@@ -156,9 +156,17 @@ def run_job(
         raise JobError("ModelLoadError", msg, ExitCode.MODEL) from None
 
     try:
+        # The digest first: a swapped file is refused before any decryption (and the digest
+        # is what a PrivacyBudget charges this job's epsilon to).
+        dataset_sha = sha256_file(cfg.dataset.path)
+        if cfg.dataset.sha256 and dataset_sha != cfg.dataset.sha256:
+            raise JobError(
+                "DatasetIntegrityError",
+                f"dataset sha256 is {dataset_sha}, spec.dataset.sha256 says {cfg.dataset.sha256}",
+                ExitCode.DATASET,
+            )
         user_field = pc.user_field if pc.unit == "user" else None
         records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format, user_field)
-        dataset_sha = sha256_file(cfg.dataset.path)
     except DatasetFormatError as exc:
         raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
     except CryptoError as exc:
