@@ -54,3 +54,18 @@ def test_without_release_nothing_is_released_and_sgd_gets_the_whole_budget() -> 
     assert plan_off.loss_noise_multiplier is None and plan_off.loss_release_interval == 0
     assert plan_off.noise_multiplier is not None and plan_on.noise_multiplier is not None
     assert plan_off.noise_multiplier <= plan_on.noise_multiplier  # releasing costs some noise
+
+
+def test_release_steps_are_accounted_as_one_joint_mechanism() -> None:
+    """Helper-found under-count: the loss was accounted as separately sampled, but it reads
+    the same Poisson batch as the gradient. Joint accounting must bound both separately."""
+    from sealtune_trainer.dp import composed_epsilon, joint_noise_multiplier, release_history
+
+    sigma, loss_sigma, q, steps, releases = 1.0, 1.5, 0.05, 100, 10
+    joint = joint_noise_multiplier(sigma, loss_sigma)
+    assert joint < min(sigma, loss_sigma)
+    hist = release_history(sigma, loss_sigma, q, steps, releases)
+    assert hist == [(sigma, q, steps - releases), (joint, q, releases)]
+    correct = composed_epsilon("prv", hist, 1e-5)
+    sgd_only = composed_epsilon("prv", [(sigma, q, steps)], 1e-5)
+    assert correct > sgd_only

@@ -123,6 +123,26 @@ def composed_epsilon(kind: str, history: list[tuple[float, float, int]], delta: 
     return float(acc.get_epsilon(delta=delta))
 
 
+def joint_noise_multiplier(sigma: float, loss_sigma: float) -> float:
+    """The noise multiplier of one step that releases the noised gradient sum *and* the
+    noised loss sum of the same Poisson sample: a two-coordinate Gaussian mechanism whose
+    coordinates have sensitivities C and lossClip, i.e. sigma_eff^-2 = sigma^-2 + sigma_l^-2.
+    (Accounting the loss as a separately sampled mechanism would under-count: both read the
+    same batch.)"""
+    return float((sigma**-2 + loss_sigma**-2) ** -0.5)
+
+
+def release_history(
+    sigma: float, loss_sigma: float | None, sample_rate: float, steps: int, releases: int
+) -> list[tuple[float, float, int]]:
+    """Accountant history of `steps` DP-SGD steps, `releases` of which also released the
+    noised loss: plain steps at sigma, release steps at the joint noise multiplier."""
+    if loss_sigma is None or releases <= 0:
+        return [(sigma, sample_rate, steps)]
+    joint = joint_noise_multiplier(sigma, loss_sigma)
+    return [(sigma, sample_rate, steps - releases), (joint, sample_rate, releases)]
+
+
 def loss_releases(total_steps: int, interval: int) -> int:
     """How many noised losses a run of `total_steps` releases (every `interval`, and last)."""
     return total_steps // interval + (1 if total_steps % interval else 0)
@@ -144,7 +164,7 @@ def solve_with_loss_release(
 
     def eps(sigma: float) -> float:
         if sigma not in seen:
-            hist = [(sigma, sample_rate, steps), (sigma * ratio, sample_rate, releases)]
+            hist = release_history(sigma, sigma * ratio, sample_rate, steps, releases)
             seen[sigma] = composed_epsilon(privacy.accountant, hist, privacy.delta)
         return seen[sigma]
 

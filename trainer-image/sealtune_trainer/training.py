@@ -314,14 +314,16 @@ class Trainer:
         return (clipped_sum + float(draws.sum() / 4)) / self.plan.logical_batch
 
     def _history(self) -> list[tuple[float, float, int]]:
-        hist: list[tuple[float, float, int]] = [
-            (float(h[0]), float(h[1]), int(h[2])) for h in self.accountant.history
-        ]
-        if self.plan.loss_noise_multiplier is not None:
-            hist.append(
-                (self.plan.loss_noise_multiplier, self.plan.sample_rate, self.loss_releases_done())
-            )
-        return hist
+        """The accountant's DP-SGD steps, with release steps at the joint noise multiplier."""
+        steps = sum(int(h[2]) for h in self.accountant.history)
+        assert self.plan.noise_multiplier is not None
+        return dp.release_history(
+            self.plan.noise_multiplier,
+            self.plan.loss_noise_multiplier,
+            self.plan.sample_rate,
+            steps,
+            min(self.loss_releases_done(), steps),
+        )
 
     def epsilon(self) -> float:
         """Epsilon spent so far by DP-SGD and the loss releases together (memoized: PRV
@@ -337,17 +339,19 @@ class Trainer:
         return self._eps_value
 
     def epsilon_shares(self) -> dict[str, float]:
-        """Each mechanism's epsilon alone (the ledger's shares; their sum bounds the total)."""
+        """Each mechanism's epsilon alone (the ledger's shares); the total is their joint
+        accounting, which is at most their sum."""
         if not self.plan.private:
             return {}
-        hist = self._history()
+        assert self.plan.noise_multiplier is not None
+        q, steps = self.plan.sample_rate, sum(int(h[2]) for h in self.accountant.history)
+        kind, delta = self.privacy.accountant, self.privacy.delta
         out = {
-            "adapter": dp.composed_epsilon(self.privacy.accountant, hist[:1], self.privacy.delta)
+            "adapter": dp.composed_epsilon(kind, [(self.plan.noise_multiplier, q, steps)], delta)
         }
-        if len(hist) > 1:
-            out["trainingLoss"] = dp.composed_epsilon(
-                self.privacy.accountant, hist[1:], self.privacy.delta
-            )
+        if self.plan.loss_noise_multiplier is not None:
+            releases = [(self.plan.loss_noise_multiplier, q, self.loss_releases_done())]
+            out["trainingLoss"] = dp.composed_epsilon(kind, releases, delta)
         return out
 
     def group_epsilon(self, sizes: tuple[int, ...] = (2, 5, 10)) -> dict[str, float]:
