@@ -12,7 +12,7 @@ without `spec.dataset.sha256` is refused too: it could not be charged.
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from sealtune_api.base import CamelModel, cel
 from sealtune_api.finetunejob import Condition
@@ -38,6 +38,13 @@ class PrivacyBudgetSpec(CamelModel):
     )
     epsilon: float = Field(description="Total epsilon all jobs on the dataset may spend.")
     delta: float = Field(1e-5, description="Total delta all jobs on the dataset may spend.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> PrivacyBudgetSpec:
+        # Mirrors the CEL rules for objects that never pass the API server.
+        if not self.epsilon > 0 or not 0 < self.delta < 1:
+            raise ValueError("epsilon must be > 0 and delta between 0 and 1 (exclusive)")
+        return self
 
 
 class BudgetCharge(CamelModel):
