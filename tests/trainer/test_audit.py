@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from tests.trainer.trainerkit import make_job
 
+from sealtune_api.trainer_config import TrainerConfig
 from sealtune_trainer.audit import CANDIDATES, one_run_epsilon_lower_bound, roc_auc
 from sealtune_trainer.job import run_job
 
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-AUDIT = {"canaries": 2, "canaryRepetitions": 4, "heldOutFraction": 0.25, "maxCanaryExposure": 4.0}
+AUDIT = {"canaries": 1, "canaryRepetitions": 16, "heldOutFraction": 0.25, "maxCanaryExposure": 8.0}
 DP_EPSILON = 0.5
 
 
@@ -44,6 +45,15 @@ def test_lower_bound_grows_with_perfect_guesses_and_vanishes_for_chance() -> Non
     assert one_run_epsilon_lower_bound(perfect[:40], included[:40])[0] < eps
 
 
+def _fix_job_key(cfg: TrainerConfig) -> None:
+    """The canary's secret comes from the job key; this tiny model memorizes a canary only
+    partly and how much depends on the secret, so a fixed key keeps the test deterministic
+    (as the public seed did before the randomness became secret)."""
+    key = Path(cfg.checkpoint_key_file)
+    key.chmod(0o600)
+    key.write_bytes(bytes(range(32)))
+
+
 @pytest.fixture(scope="module")
 def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out: dict[str, object] = {}
@@ -53,7 +63,7 @@ def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         tiny_model,
         n_records=40,
         training={
-            "epochs": 15,
+            "epochs": 20,
             "learningRate": 0.05,
             "batchSize": 8,
             "rank": 8,
@@ -62,6 +72,7 @@ def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         privacy={"enabled": False},
         audit=AUDIT,
     )
+    _fix_job_key(overfit)
     res = run_job(overfit, device="cpu")
     out["overfit"] = res.summary
     private = make_job(
@@ -78,15 +89,16 @@ def audits(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         privacy={"enabled": True, "targetEpsilon": DP_EPSILON},
         audit=AUDIT,
     )
+    _fix_job_key(private)
     out["dp"] = run_job(private, device="cpu").summary
     return out
 
 
 def test_overfit_model_is_flagged_and_dp_model_passes(audits: dict) -> None:
     over, dp = audits["overfit"].audit, audits["dp"].audit
-    assert over.canary_exposure > 4.0 > dp.canary_exposure  # it really memorized them
+    assert over.canary_exposure > 8.0 > dp.canary_exposure  # it really memorized it
     assert over.verdict == "failed" and any("exposure" in r for r in over.reasons)
-    # 2 canaries: too few for the one-run bound (needs >= 16), so it is not reported
+    # 1 canary: too few for the one-run bound (needs >= 16), so it is not reported
     assert dp.epsilon_lower_bound is None and over.epsilon_lower_bound is None
     assert dp.verdict == "passed" and dp.reasons == []
     assert all(0.0 <= e <= 10.0 for e in (over.exposures or []) + (dp.exposures or []))
