@@ -11,7 +11,7 @@ export PIP_CACHE_DIR ?= $(SEALTUNE_CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit test-integration lint crds tools bench bench-dp bench-crypto bench-redact bench-serve bundle clean
+.PHONY: venv demo test test-unit test-integration lint crds tools bench bench-dp bench-crypto bench-redact bench-serve bench-privacy bundle clean
 
 $(BIN)/.installed: pyproject.toml devkit/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-redact: venv
 
 bench-serve: venv
 	$(BIN)/python benchmarks/serve_overhead.py
+
+## DP vs non-DP utility (epsilon 1/3/8, record and user unit), the one-run audit, PRV/RDP/PLD.
+bench-privacy: venv
+	$(BIN)/python benchmarks/privacy_utility.py
 
 bundle: venv
 	bash hack/bundle.sh

@@ -59,6 +59,10 @@ def test_escaping_volume_path_rejected(tmp_path: Path) -> None:
 
 
 def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> None:
+    """The demo at a small size: public pretraining, DP and non-DP `sealtune train`, public
+    evaluation, the ledger and the lower bound in the report, ciphertext only on disk."""
+    import json
+
     out = tmp_path / "demo"
     proc = subprocess.run(
         [
@@ -68,15 +72,21 @@ def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> 
             "--out",
             str(out),
             "--records",
-            "48",
+            "64",
             "--epochs",
             "1",
             "--batch",
             "16",
             "--canaries",
-            "1",
+            "16",  # the least that gives the one-run lower bound
             "--canary-repetitions",
-            "2",
+            "1",
+            "--pretrain-steps",
+            "150",
+            "--pretrain-docs",
+            "1500",
+            "--eval-records",
+            "40",
         ],
         env=trainer_env(),
         capture_output=True,
@@ -87,8 +97,26 @@ def test_demo_runs_sealtune_train_and_proves_ciphertext_only(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "ciphertext check:" in proc.stdout and "no plaintext marker found" in proc.stdout
     assert "epsilon spent (target)" in proc.stdout
+    assert "privacy ledger" in proc.stdout and "- adapter: DP-SGD" in proc.stdout
+    assert "epsilon lower bound (one run, 95%)" in proc.stdout
+    assert "eval loss base -> DP -> non-DP" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["ledger"] and report["ledger"][0]["statistic"] == "adapter"
+    assert report["ledger"][0]["epsilon"] is not None
+    # the bound is computed (>= 16 canaries) and a working DP implementation stays below epsilon
+    assert report["epsilonLowerBound"] is not None
+    assert 0.0 <= report["epsilonLowerBound"] <= report["epsilon"]
+    assert report["auditVerdict"] == "passed"
+    # learning: the DP adapter beats the pretrained base model on public held-out notes
+    loss = report["evalLoss"]
+    assert loss["dp"] < loss["base"] and loss["nodp"] < loss["base"]
     job = yaml.safe_load((out / "finetunejob.yaml").read_text())
-    assert job["kind"] == "FineTuneJob"
+    assert job["kind"] == "FineTuneJob" and job["spec"]["privacy"]["enabled"] is True
+    nodp = yaml.safe_load((out / "finetunejob-nodp.yaml").read_text())
+    assert nodp["spec"]["privacy"]["enabled"] is False
+    assert {k: v for k, v in nodp["spec"].items() if k not in ("privacy", "output")} == {
+        k: v for k, v in job["spec"].items() if k not in ("privacy", "output")
+    }
     # the demo's plaintext never hit the disk: only the encrypted dataset is there
     assert [p.name for p in (out / "volumes" / "clinical-data").iterdir()] == [
         "notes.alpaca.jsonl.enc"
