@@ -2,10 +2,9 @@
 
 pydantic emits JSON Schema (draft 2020-12); Kubernetes wants a *structural* OpenAPI v3
 subset: no `$ref`, no `anyOf` for optionals, boolean `exclusiveMinimum`, and an explicit
-`x-kubernetes-preserve-unknown-fields` wherever unknown keys must survive (Kopf's own
-bookkeeping under `status.kopf`). `structural()` does that translation; `crds()` wraps the
-schemas into CRD objects. `hack/gen_crds.py` writes them to `crds/`, and a test
-regenerates and compares.
+`x-kubernetes-preserve-unknown-fields` wherever unknown keys must survive. `structural()`
+does that translation; `crds()` wraps the schemas into CRD objects. `hack/gen_crds.py`
+writes them to `crds/`, and a test regenerates and compares.
 """
 
 from __future__ import annotations
@@ -81,37 +80,27 @@ def structural(model: type[BaseModel]) -> Schema:
     return _resolve(raw, raw.get("$defs", {}))
 
 
-def _status_schema(model: type[BaseModel] = FineTuneJobStatus) -> Schema:
+def _status_schema(model: type[BaseModel]) -> Schema:
+    # Only the declared fields: the operator runs Kopf with event handlers only, so Kopf
+    # keeps no bookkeeping in the object (an older operator's `status.kopf` is pruned).
     schema = structural(model)
     schema.pop("additionalProperties", None)
-    # Kopf keeps its handler progress and diff-base here; without this the API server
-    # prunes them silently and Kopf re-runs handlers forever.
-    schema["properties"]["kopf"] = {
-        "type": "object",
-        "description": "Operator bookkeeping (handler progress, last handled spec). Do not edit.",
-        "x-kubernetes-preserve-unknown-fields": True,
-    }
     return schema
 
 
 def _crd(
-    *,
     kind: str,
-    plural: str,
     short: str,
     description: str,
-    spec: Schema,
-    status: Schema,
+    models: tuple[type[BaseModel], type[BaseModel]],
     columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "sealtune"},
-        },
-        "spec": {
+    """The CRD of a kind from its spec and status models (plural: the kind + s)."""
+    plural = f"{kind.lower()}s"
+    spec, status = structural(models[0]), _status_schema(models[1])
+    return _definition(
+        f"{plural}.{GROUP}",
+        {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
@@ -146,62 +135,57 @@ def _crd(
                 }
             ],
         },
-    }
-
-
-def finetunejob_crd() -> dict[str, Any]:
-    return _crd(
-        kind="FineTuneJob",
-        plural="finetunejobs",
-        short="ftj",
-        description="A differentially private LoRA/QLoRA fine-tune of a base model on encrypted "
-        "data, run in an isolated, hardened trainer pod.",
-        spec=structural(FineTuneJobSpec),
-        status=_status_schema(),
-        columns=[
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {
-                "name": "Progress",
-                "type": "integer",
-                "description": "Percent of optimizer steps done",
-                "jsonPath": ".status.progress.percent",
-            },
-            {
-                "name": "Epsilon",
-                "type": "number",
-                "description": "Privacy budget spent",
-                "jsonPath": ".status.privacy.epsilonSpent",
-            },
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
     )
 
 
+def _column(name: str, type_: str, path: str, description: str = "") -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_}
+    if description:
+        column["description"] = description
+    return {**column, "jsonPath": path}
+
+
+def _columns(*columns: tuple[str, str, str, str]) -> list[dict[str, Any]]:
+    """Phase and the `Ready` condition's reason first, its message last (every kind)."""
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return [
+        _column("Phase", "string", ".status.phase"),
+        _column("Reason", "string", f"{ready}.reason", "Why the object is in its phase"),
+        *(_column(*c) for c in columns),
+        _column("Age", "date", ".metadata.creationTimestamp"),
+        _column("Message", "string", f"{ready}.message", "What the phase means now"),
+    ]
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    description = (
+        "A differentially private LoRA/QLoRA fine-tune of a base model on encrypted data, "
+        "run in an isolated, hardened trainer pod."
+    )
+    progress = (
+        "Progress",
+        "integer",
+        ".status.progress.percent",
+        "Percent of optimizer steps done",
+    )
+    epsilon = ("Epsilon", "number", ".status.privacy.epsilonSpent", "Privacy budget spent")
+    models = (FineTuneJobSpec, FineTuneJobStatus)
+    return _crd("FineTuneJob", "ftj", description, models, _columns(progress, epsilon))
+
+
 def modelserve_crd() -> dict[str, Any]:
+    description = (
+        "A TLS-only, API-key-protected, network-isolated inference service for a fine-tuned "
+        "LoRA adapter."
+    )
+    ready = ("Ready", "integer", ".status.readyReplicas", "Serving pods ready")
+    endpoint = ("Endpoint", "string", ".status.endpoint", "In-cluster address of the service")
     return _crd(
-        kind="ModelServe",
-        plural="modelserves",
-        short="ms",
-        description="A TLS-only, API-key-protected, network-isolated inference service for a "
-        "fine-tuned LoRA adapter.",
-        spec=structural(ModelServeSpec),
-        status=_status_schema(ModelServeStatus),
-        columns=[
-            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {
-                "name": "Ready",
-                "type": "integer",
-                "description": "Serving pods ready",
-                "jsonPath": ".status.readyReplicas",
-            },
-            {
-                "name": "Endpoint",
-                "type": "string",
-                "description": "In-cluster address of the service",
-                "jsonPath": ".status.endpoint",
-            },
-            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        ],
+        "ModelServe",
+        "ms",
+        description,
+        (ModelServeSpec, ModelServeStatus),
+        _columns(ready, endpoint),
     )
 
 
@@ -218,16 +202,21 @@ def dump(obj: dict[str, Any]) -> str:
     return header + yaml.safe_dump(obj, sort_keys=False, width=100)
 
 
-def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
-    """Kopf's peering CRDs: replicas of the operator see each other and only one acts."""
+def _definition(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A CustomResourceDefinition object, labelled as part of Sealtune."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.kopf.dev",
-            "labels": {"app.kubernetes.io/part-of": "sealtune"},
-        },
-        "spec": {
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "sealtune"}},
+        "spec": spec,
+    }
+
+
+def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
+    """Kopf's peering CRDs: replicas of the operator see each other and only one acts."""
+    return _definition(
+        f"{plural}.kopf.dev",
+        {
             "scope": scope,
             "group": "kopf.dev",
             "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
@@ -250,7 +239,7 @@ def _peering_crd(kind: str, plural: str, scope: str) -> dict[str, Any]:
                 }
             ],
         },
-    }
+    )
 
 
 def peering_crds() -> list[dict[str, Any]]:

@@ -483,9 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     dirs = [vols / "adapters", vols / "clinical-data"]
     dirs += [vols / f"{name}-checkpoints" for name in jobs.values()]
     problems = scan_ciphertext_only(dirs, extra=(sample_name.encode(),))
-    for log in sorted((out / "logs").glob("*.log")):  # trainer logs: numbers, never records
-        if any(m in log.read_bytes() for m in (sample_name.encode(), b"presented with")):
-            problems.append(f"{log}: contains text of a private record")
+    for log_file in sorted((out / "logs").glob("*.log")):  # trainer logs: no record text
+        if any(m in log_file.read_bytes() for m in (sample_name.encode(), b"presented with")):
+            problems.append(f"{log_file}: contains text of a private record")
     n_files = sum(1 for d in dirs for p in d.rglob("*") if p.is_file())
     if problems:
         print("PLAINTEXT FOUND:\n  " + "\n  ".join(problems), file=sys.stderr)

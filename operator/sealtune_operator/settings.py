@@ -30,6 +30,8 @@ class OperatorSettings:
     )
     trainer_metrics_port: int = 9090
     image_pull_secrets: tuple[str, ...] = ()
+    # A trainer pod waiting longer than this to start is reported stuck (a Warning Event).
+    pod_start_timeout_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -47,4 +49,24 @@ class OperatorSettings:
             ),
             operator_namespace=env.get("SEALTUNE_OPERATOR_NAMESPACE", defaults.operator_namespace),
             image_pull_secrets=_csv(env.get("SEALTUNE_IMAGE_PULL_SECRETS", "")),
+            pod_start_timeout_seconds=float(
+                env.get("SEALTUNE_POD_START_TIMEOUT_SECONDS", defaults.pod_start_timeout_seconds)
+            ),
         )
+
+
+_current: OperatorSettings | None = None
+
+
+def configure(settings: OperatorSettings) -> None:
+    """Set the process's settings (the operator's `main` does, once, at start)."""
+    global _current
+    _current = settings
+
+
+def current() -> OperatorSettings:
+    """The process's settings (from the environment unless `configure`d)."""
+    global _current
+    if _current is None:
+        _current = OperatorSettings.from_env()
+    return _current

@@ -18,8 +18,8 @@ import yaml
 from tests.chart.chartlib import REPO
 
 ARGOCD = REPO / "deploy" / "argocd"
-FTJ = ARGOCD / "health-finetunejob.lua"
-MS = ARGOCD / "health-modelserve.lua"
+FTJ_SCRIPT = ARGOCD / "health-finetunejob.lua"
+MS_SCRIPT = ARGOCD / "health-modelserve.lua"
 
 
 @pytest.fixture(scope="session")
@@ -90,340 +90,234 @@ def obj(kind: str, status: dict[str, Any] | None, generation: int = 1) -> dict[s
     return o
 
 
-# (case id, object, expected status, substring of the message)
-FTJ_CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("no-status", obj("FineTuneJob", None), "Progressing", "Waiting for the Sealtune operator"),
-    (
-        "pending",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Pending",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("NetworkIsolated"),
-                    cond("ResourcesReady", "False", "WaitingForPVC", "Waiting for checkpoint PVC"),
-                ],
-            },
-        ),
-        "Progressing",
-        "Waiting for checkpoint PVC",
-    ),
-    (
+Case = tuple[str, dict[str, Any], str, str]
+
+
+def case(
+    name: str,
+    kind: str,
+    want: str,
+    msg: str,
+    phase: str | None,
+    *conditions: dict[str, Any],
+    generation: int = 1,
+    **status: Any,
+) -> Case:
+    """(id, object, expected health, substring of the message); observedGeneration 1
+    unless given, a phase and conditions, and any other status fields."""
+    body = {"observedGeneration": 1, **status, "conditions": list(conditions)}
+    if phase is not None:
+        body["phase"] = phase
+    return (f"{kind}-{name}", obj(kind, body, generation), want, msg)
+
+
+FTJ, MS = "FineTuneJob", "ModelServe"
+WAITING_PVC = cond("ResourcesReady", "False", "WaitingForPVC", "Waiting for checkpoint PVC")
+# Hand-written objects: every branch, including shapes older operators wrote.
+CASES: list[Case] = [
+    (f"{FTJ}-no-status", obj(FTJ, None), "Progressing", "Waiting for the Sealtune operator"),
+    case("pending", FTJ, "Progressing", "checkpoint PVC", "Pending", WAITING_PVC),
+    case(
         "running-progress",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Running",
-                "observedGeneration": 1,
-                "conditions": [cond("Running")],
-                "progress": {"step": 120, "total": 400, "epoch": 1.0, "loss": 2.5},
-            },
-        ),
+        FTJ,
         "Progressing",
         "step 120/400",
+        "Running",
+        cond("Running"),
+        progress={"step": 120, "totalSteps": 400, "epoch": 1.0},
     ),
-    (
-        "running-float-numbers",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Running",
-                "observedGeneration": 1.0,
-                "progress": {"step": 12.0, "total": 40.0},
-            },
-            generation=1,
-        ),
+    case(
+        "running-floats",
+        FTJ,
         "Progressing",
         "step 12/40",
+        "Running",
+        observedGeneration=1.0,
+        progress={"step": 12.0, "totalSteps": 40.0},
     ),
-    (
+    case(
         "succeeded",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Succeeded",
-                "observedGeneration": 2,
-                "conditions": [cond("Succeeded", message="Adapter written"), cond("AuditPassed")],
-            },
-            generation=2,
-        ),
+        FTJ,
         "Healthy",
         "Adapter written",
+        "Succeeded",
+        cond("Succeeded", message="Adapter written"),
+        cond("AuditPassed"),
+        generation=2,
+        observedGeneration=2,
     ),
-    (
-        "generation-lags",
-        obj(
-            "FineTuneJob",
-            {"phase": "Succeeded", "observedGeneration": 1, "conditions": [cond("Succeeded")]},
-            generation=2,
-        ),
-        "Progressing",
-        "observe generation 2",
-    ),
-    (
-        "observed-generation-missing",
-        obj("FineTuneJob", {"phase": "Running"}, generation=3),
-        "Progressing",
-        "generation 3",
-    ),
-    (
+    case("generation-lags", FTJ, "Progressing", "observe generation 2", "Succeeded", generation=2),
+    (f"{FTJ}-no-observed", obj(FTJ, {"phase": "Running"}, 3), "Progressing", "generation 3"),
+    case(
         "failed-phase",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Failed",
-                "observedGeneration": 1,
-                "conditions": [cond("Failed", reason="OOMKilled", message="Trainer OOMKilled")],
-            },
-        ),
+        FTJ,
         "Degraded",
         "Trainer OOMKilled",
+        "Failed",
+        cond("Failed", reason="OOMKilled", message="Trainer OOMKilled"),
     ),
-    (
+    case(
         "failed-condition-only",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Running",
-                "observedGeneration": 1,
-                "conditions": [cond("Failed", reason="DeadlineExceeded")],
-            },
-        ),
+        FTJ,
         "Degraded",
         "DeadlineExceeded",
+        "Running",
+        cond("Failed", reason="DeadlineExceeded"),
     ),
-    (
+    case(
         "audit-failed",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Succeeded",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("Succeeded"),
-                    cond("AuditPassed", "False", "AuditFailed", "canary exposure 12.3 > 8"),
-                ],
-            },
-        ),
+        FTJ,
         "Degraded",
         "canary exposure 12.3 > 8",
+        "Succeeded",
+        cond("Succeeded"),
+        cond("AuditPassed", "False", "AuditFailed", "canary exposure 12.3 > 8"),
     ),
-    (
-        "audit-failed-condition-type",
-        obj(
-            "FineTuneJob",
-            {"phase": "Succeeded", "observedGeneration": 1, "conditions": [cond("AuditFailed")]},
-        ),
-        "Degraded",
-        "Memorization audit failed",
+    case(
+        "audit-failed-type", FTJ, "Degraded", "Memorization audit", "Succeeded", cond("AuditFailed")
     ),
-    (
-        "audit-not-yet",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Running",
-                "observedGeneration": 1,
-                "conditions": [cond("AuditPassed", "Unknown", "Pending")],
-            },
-        ),
-        "Progressing",
-        "",
-    ),
-    (
-        "queued-condition",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Pending",
-                "observedGeneration": 1,
-                "conditions": [cond("Queued", message=("Waiting in LocalQueue gpu-queue"))],
-            },
-        ),
-        "Suspended",
-        "gpu-queue",
-    ),
-    (
-        "queued-phase",
-        obj("FineTuneJob", {"phase": "Queued", "observedGeneration": 1}),
-        "Suspended",
-        "Kueue",
-    ),
-    (
-        "suspended-phase",
-        obj("FineTuneJob", {"phase": "Suspended", "observedGeneration": 1}),
-        "Suspended",
-        "",
-    ),
-    (
-        "queued-false",
-        obj(
-            "FineTuneJob",
-            {
-                "phase": "Running",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("Queued", "False", "Admitted"),
-                    cond("Running", message="Training"),
-                ],
-            },
-        ),
+    case("audit-unknown", FTJ, "Progressing", "", "Running", cond("AuditPassed", "Unknown", "x")),
+    case("queued", FTJ, "Suspended", "gpu-queue", "Pending", cond("Queued", message="gpu-queue")),
+    case("queued-phase", FTJ, "Suspended", "Kueue", "Queued"),
+    case("suspended-phase", FTJ, "Suspended", "", "Suspended"),
+    case(
+        "admitted",
+        FTJ,
         "Progressing",
         "Training",
+        "Running",
+        cond("Queued", "False", "Admitted"),
+        cond("Running", message="Training"),
     ),
-]
-
-MS_CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("no-status", obj("ModelServe", None), "Progressing", "operator"),
-    # The conditions the operator really writes (status_serve.py).
-    (
-        "operator-audit-failed",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Failed",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("AdapterNotReady", "True", "AuditFailed", "job ftj1 failed its audit")
-                ],
-            },
-        ),
-        "Degraded",
-        "failed its audit",
-    ),
-    (
-        "operator-degraded",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Degraded",
-                "observedGeneration": 1,
-                "readyReplicas": 1,
-                "conditions": [
-                    cond("AdapterNotReady", "False", "AdapterReady"),
-                    cond("Available", "False", "ReplicasUnavailable", "1 of 2 replicas ready"),
-                ],
-            },
-        ),
+    (f"{MS}-no-status", obj(MS, None), "Progressing", "operator"),
+    case(
+        "degraded",
+        MS,
         "Degraded",
         "1 of 2 replicas ready",
+        "Degraded",
+        cond("AdapterReady", "True", "AdapterReady"),
+        cond("Available", "False", "ReplicasUnavailable", "1 of 2 replicas ready"),
+        readyReplicas=1,
     ),
-    (
+    case(
         "ready",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Ready",
-                "observedGeneration": 1,
-                "readyReplicas": 2,
-                "endpoint": "https://ms.ml.svc:8443",
-                "conditions": [cond("Ready")],
-            },
-        ),
+        MS,
         "Healthy",
         "https://ms.ml.svc:8443",
+        "Ready",
+        cond("Ready"),
+        readyReplicas=2,
+        endpoint="https://ms.ml.svc:8443",
     ),
-    (
-        "ready-generation-lags",
-        obj(
-            "ModelServe",
-            {"phase": "Ready", "observedGeneration": 1, "conditions": [cond("Ready")]},
-            generation=4,
-        ),
-        "Progressing",
-        "generation 4",
-    ),
-    (
+    case("ready-generation-lags", MS, "Progressing", "generation 4", "Ready", generation=4),
+    case(
         "adapter-not-ready",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Pending",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("AdapterNotReady", message=("FineTuneJob fraud-lora is Running"))
-                ],
-            },
-        ),
+        MS,
         "Progressing",
         "fraud-lora is Running",
+        "Pending",
+        cond("AdapterReady", "False", "FineTuneJobRunning", "FineTuneJob fraud-lora is Running"),
     ),
-    (
-        "scaling",
-        obj("ModelServe", {"phase": "Pending", "observedGeneration": 1, "readyReplicas": 1}),
+    # What operators before the positive-polarity `AdapterReady` wrote.
+    case(
+        "legacy-adapter-not-ready",
+        MS,
         "Progressing",
-        "Ready replicas: 1",
+        "fraud-lora is Running",
+        "Pending",
+        cond("AdapterNotReady", message="FineTuneJob fraud-lora is Running"),
     ),
-    (
-        "degraded",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Degraded",
-                "observedGeneration": 1,
-                "conditions": [cond("Ready", "False", "ReplicasUnavailable", "1/2 replicas ready")],
-            },
-        ),
+    case(
+        "legacy-audit-failed",
+        MS,
         "Degraded",
-        "1/2 replicas ready",
+        "failed its audit",
+        "Failed",
+        cond("AdapterNotReady", "True", "AuditFailed", "job ftj1 failed its audit"),
     ),
-    (
+    case("scaling", MS, "Progressing", "Ready replicas: 1", "Pending", readyReplicas=1),
+    case(
         "failed",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Failed",
-                "observedGeneration": 1,
-                "conditions": [
-                    cond("Failed", reason="AdapterTampered", message="adapter sha256 mismatch")
-                ],
-            },
-        ),
+        MS,
         "Degraded",
         "sha256 mismatch",
+        "Failed",
+        cond("Failed", reason="AdapterTampered", message="adapter sha256 mismatch"),
     ),
-    (
+    case(
         "adapter-audit-failed",
-        obj(
-            "ModelServe",
-            {
-                "phase": "Pending",
-                "observedGeneration": 1,
-                "conditions": [cond("AuditPassed", "False", "AuditFailed")],
-            },
-        ),
+        MS,
         "Degraded",
         "AuditFailed",
+        "Pending",
+        cond("AuditPassed", "False", "AuditFailed"),
     ),
-    (
-        "queued",
-        obj(
-            "ModelServe",
-            {"phase": "Pending", "observedGeneration": 1, "conditions": [cond("Queued")]},
-        ),
-        "Suspended",
-        "",
-    ),
+    case("queued", MS, "Suspended", "", "Pending", cond("Queued")),
 ]
 
 
-@pytest.mark.parametrize(("case", "o", "want", "msg"), FTJ_CASES, ids=[c[0] for c in FTJ_CASES])
-def test_finetunejob_health(
-    luas: list[str], case: str, o: dict[str, Any], want: str, msg: str
-) -> None:
-    for lua in luas:
-        status, message = health(lua, FTJ, o)
-        assert (status, lua) == (want, lua), message
-        assert msg in message, (lua, message)
+def operator_cases() -> list[Case]:
+    """Statuses the operator's own status layer writes (so the checks cannot drift from it)."""
+    from tests.chart.chartlib import REPO as repo
+    from tests.operator.test_status_finetune import completed_job, job, pod, summary, waiting
+    from tests.operator.test_status_modelserve import deploy, rolled_out
+
+    from sealtune_api.modelserve import ModelServeSpec
+    from sealtune_operator.finetunejob import status as ftj
+    from sealtune_operator.modelserve import status as ms
+
+    spec = yaml.safe_load((repo / "examples" / "modelserve.yaml").read_text())["spec"]
+    ms_spec = ModelServeSpec.model_validate(spec)
+
+    def job_status(*observed: Any, **kw: Any) -> dict[str, Any]:
+        return ftj.job_status({}, 1, "x-trainer", ftj.observe(*observed, **kw), at="t0")
+
+    waiting_ms = ms.waiting_status({}, 1, ms.resolve_adapter(ms_spec, None))
+    audit_failed = ms.AdapterState(None, "AuditFailed", "job ftj1 failed its memorization audit")
+    first = rolled_out(waiting_ms)
+    rolling = ms.serve_status(first, 1, 2, deploy(1))
+    serving = ms.serve_status(rolling, 1, 2, deploy(2))
+    done = [pod(message=summary().to_message())]
+    return [
+        (
+            f"{FTJ}-operator-succeeded",
+            obj(FTJ, job_status(completed_job(), done)),
+            "Healthy",
+            "trained",
+        ),
+        (
+            f"{FTJ}-operator-stuck",
+            obj(FTJ, job_status(job(active=1), [waiting()], start_timeout=0)),
+            "Progressing",
+            "describe pod",
+        ),
+        (f"{MS}-operator-waiting", obj(MS, waiting_ms), "Progressing", "does not exist"),
+        (
+            f"{MS}-operator-audit-failed",
+            obj(MS, ms.waiting_status({}, 1, audit_failed)),
+            "Degraded",
+            "memorization audit",
+        ),
+        (f"{MS}-operator-first-rollout", obj(MS, rolling), "Progressing", "1/2 serving pods"),
+        (f"{MS}-operator-ready", obj(MS, serving), "Healthy", "2/2 serving pods ready"),
+        (
+            f"{MS}-operator-degraded",
+            obj(MS, ms.serve_status(serving, 1, 2, deploy(1))),
+            "Degraded",
+            "1/2 serving pods",
+        ),
+    ]
 
 
-@pytest.mark.parametrize(("case", "o", "want", "msg"), MS_CASES, ids=[c[0] for c in MS_CASES])
-def test_modelserve_health(
-    luas: list[str], case: str, o: dict[str, Any], want: str, msg: str
-) -> None:
+ALL = CASES + operator_cases()
+
+
+@pytest.mark.parametrize(("case_id", "o", "want", "msg"), ALL, ids=[c[0] for c in ALL])
+def test_health(luas: list[str], case_id: str, o: dict[str, Any], want: str, msg: str) -> None:
+    script = FTJ_SCRIPT if o["kind"] == FTJ else MS_SCRIPT
     for lua in luas:
-        status, message = health(lua, MS, o)
+        status, message = health(lua, script, o)
         assert (status, lua) == (want, lua), message
         assert msg in message, (lua, message)
 
@@ -432,8 +326,8 @@ def test_argocd_cm_snippet_embeds_the_checks() -> None:
     cm = yaml.safe_load((ARGOCD / "argocd-cm.yaml").read_text())
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
     data = cm["data"]
-    assert data["resource.customizations.health.sealtune.io_FineTuneJob"] == FTJ.read_text()
-    assert data["resource.customizations.health.sealtune.io_ModelServe"] == MS.read_text()
+    assert data["resource.customizations.health.sealtune.io_FineTuneJob"] == FTJ_SCRIPT.read_text()
+    assert data["resource.customizations.health.sealtune.io_ModelServe"] == MS_SCRIPT.read_text()
     proc = subprocess.run(
         [sys.executable, str(REPO / "hack" / "gen_argocd_cm.py"), "--check"],
         capture_output=True,

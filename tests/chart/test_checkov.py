@@ -35,7 +35,7 @@ def documented_exceptions() -> set[tuple[str, str, str]]:
 def workload_manifests() -> list[dict[str, Any]]:
     """What the operator creates for the example FineTuneJob (pure render layer)."""
     from sealtune_api.finetunejob import FineTuneJobSpec
-    from sealtune_operator.render import finetune
+    from sealtune_operator.finetunejob import render as finetune
     from sealtune_operator.settings import OperatorSettings
 
     doc = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())

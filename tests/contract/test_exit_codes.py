@@ -59,3 +59,10 @@ def test_serve_startup_errors_are_one_line(tmp_path: Path) -> None:
     r = _sealtune("serve", "--config", str(bad))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "line 3" in r.stderr
+
+
+def test_operator_fails_fast_on_exactly_the_permanent_codes() -> None:
+    from sealtune_operator.finetunejob.render import PERMANENT_EXIT_CODES
+
+    assert ExitCode.permanent() == PERMANENT_EXIT_CODES
+    assert all(int(c) in PERMANENT_EXIT_CODES for c in (ExitCode.KEY, ExitCode.AUDIT))

@@ -21,7 +21,7 @@ from sealtune_api.crdgen import finetunejob_crd
 from sealtune_api.finetunejob import FineTuneJobStatus
 from sealtune_api.summary import MAX_BYTES, TrainerSummary
 from sealtune_api.trainer_config import PrivacyConfig
-from sealtune_operator import status as operator_status
+from sealtune_operator.finetunejob import status as operator_status
 from sealtune_trainer.audit import AuditResult
 from sealtune_trainer.summary import build_summary, error_summary, write_termination_message
 

@@ -10,12 +10,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import sealtune_api.summary as sm
 from sealtune_devkit.cluster import REPO, LocalCluster, free_port
 
 OPERATOR_NS = "sealtune-system"
@@ -75,6 +77,28 @@ def chart_rbac(namespace: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+def storage_classes() -> list[dict[str, Any]]:
+    """`encrypted` (in the operator's allowlist) and `plain` (not), without a provisioner."""
+    return [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+        for name in (STORAGE_CLASS, "plain")
+    ]
+
+
+def install_crds(cluster: LocalCluster, directory: Path, *established: str) -> None:
+    """Apply every CRD in `directory` and wait until the named ones are served."""
+    for crd in sorted(directory.glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(crd))
+    names = [f"crd/{name}" for name in established]
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+
+
 _CLUSTER: LocalCluster | None = None
 
 
@@ -85,32 +109,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster.boot(workdir)
     _CLUSTER = c
     try:
-        for crd in sorted((REPO / "crds").glob("*.yaml")):
-            c.kubectl("apply", "--server-side", "-f", str(crd))
-        c.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/finetunejobs.sealtune.io",
-            "crd/clusterkopfpeerings.kopf.dev",
+        crds = (
+            "finetunejobs.sealtune.io",
+            "modelserves.sealtune.io",
+            "clusterkopfpeerings.kopf.dev",
         )
+        install_crds(c, REPO / "crds", *crds)
         c.apply(
             [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-                {
-                    "apiVersion": "storage.k8s.io/v1",
-                    "kind": "StorageClass",
-                    "metadata": {"name": STORAGE_CLASS},
-                    "provisioner": "kubernetes.io/no-provisioner",
-                    "volumeBindingMode": "Immediate",
-                },
-                {
-                    "apiVersion": "storage.k8s.io/v1",
-                    "kind": "StorageClass",
-                    "metadata": {"name": "plain"},
-                    "provisioner": "kubernetes.io/no-provisioner",
-                    "volumeBindingMode": "Immediate",
-                },
+                *storage_classes(),
                 {
                     "apiVersion": "kopf.dev/v1",
                     "kind": "ClusterKopfPeering",
@@ -179,6 +187,8 @@ class OperatorProcess:
             "SEALTUNE_ENCRYPTING_STORAGE_CLASSES": STORAGE_CLASS,
             "SEALTUNE_TRAINER_IMAGE": "registry.local/sealtune/trainer@sha256:" + "a" * 64,
             "POD_NAME": self.name,
+            # Short, so a pod that never starts is reported stuck within the tests.
+            "SEALTUNE_POD_START_TIMEOUT_SECONDS": "10",
         }
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
@@ -239,6 +249,23 @@ def operator(cluster: LocalCluster) -> Iterator[OperatorProcess]:
     op = OperatorProcess(cluster, "operator").start()
     yield op
     op.stop()
+
+
+@contextmanager
+def instead_of(
+    operator: OperatorProcess, *names: tuple[str, ...]
+) -> Iterator[list[OperatorProcess]]:
+    """Other operator processes (name, extra args...) in place of the session's one."""
+    operator.stop()
+    started: list[OperatorProcess] = []
+    try:
+        for name, *extra in names:
+            started.append(OperatorProcess(operator.cluster, name, *extra).start())
+        yield started
+    finally:
+        for proc in started:
+            proc.stop()
+        operator.start()
 
 
 class Namespace:
@@ -354,3 +381,137 @@ def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
             _merge(dst[k], v)
         else:
             dst[k] = v
+
+
+def status_of(ns: Namespace, kind: str, name: str) -> dict[str, Any]:
+    return dict(ns.get(kind, name).get("status") or {})
+
+
+def condition(st: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def events_of(ns: Namespace, kind: str, name: str) -> list[dict[str, Any]]:
+    selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+    return list(ns.get("events", "--field-selector", selector)["items"])
+
+
+@contextmanager
+def network_policies_refused(cluster: LocalCluster, ns: Namespace) -> Iterator[None]:
+    """An admission policy refuses every NetworkPolicy created in `ns` until the block ends."""
+    policy = f"deny-netpol-{ns.name}"
+    rule = {
+        "apiGroups": ["networking.k8s.io"],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["networkpolicies"],
+    }
+    cluster.apply(
+        [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": policy},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [rule]},
+                    "validations": [{"expression": "false", "message": "network policies frozen"}],
+                },
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": policy},
+                "spec": {
+                    "policyName": policy,
+                    "validationActions": ["Deny"],
+                    "matchResources": {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": ns.name}
+                        }
+                    },
+                },
+            },
+        ]
+    )
+    probe = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "probe", "namespace": ns.name},
+        "spec": {"podSelector": {}},
+    }
+
+    def frozen() -> bool:
+        # The policy is loaded asynchronously: probe it before the operator meets it.
+        proc = ns.kubectl("create", "-f", "-", input=json.dumps(probe), check=False)
+        if proc.returncode == 0:
+            ns.kubectl("delete", "networkpolicy", "probe")
+        return "frozen" in proc.stderr
+
+    try:
+        wait_for(frozen, what="admission policy active")
+        yield
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
+        cluster.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
+
+
+# ----------------------------------------------------------------- trainer summaries
+
+# What the KWOK stand-in for the trainer writes as its termination message, built from the
+# contract's own models so no test can drift from what the real trainer writes.
+LEDGER = [
+    sm.LedgerEntry(
+        statistic="adapter", mechanism="DP-SGD (Poisson-subsampled Gaussian)", epsilon=7.91
+    ),
+    sm.LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism="public"),
+    sm.LedgerEntry(statistic="audit (canaries only)", mechanism="post-processing"),
+]
+PASSED = sm.SummaryAudit(
+    verdict="passed",
+    canaries=10,
+    canary_repetitions=4,
+    canary_exposure=1.7,
+    canary_exposure_max=3.1,
+    epsilon_lower_bound=0.42,
+)
+FAILED = PASSED.model_copy(
+    update={
+        "verdict": "failed",
+        "canary_exposure": 9.6,
+        "canary_exposure_max": 10.0,
+        "epsilon_lower_bound": 9.2,
+        "reasons": ["mean canary exposure 9.6 bits > 8.0", "epsilon lower bound 9.2 > 7.91"],
+    }
+)
+# Relative to the output PVC (spec.output.pvc.path, then the file), as the trainer reports it.
+ADAPTER_PATH = "clinical-notes-lora/adapter.tar.enc"
+
+
+def trainer_summary(
+    job: str, audit: sm.SummaryAudit = PASSED, sha: str = "d" * 64
+) -> sm.TrainerSummary:
+    """A trainer's summary of a finished run."""
+    return sm.TrainerSummary(
+        job=job,
+        phase="Succeeded",
+        privacy=sm.SummaryPrivacy(
+            dp_enabled=True,
+            epsilon=7.91,
+            target_epsilon=8.0,
+            delta=1e-5,
+            noise_multiplier=0.83,
+            sample_rate=0.016,
+            max_grad_norm=0.1,
+            accountant="prv",
+            group_epsilon={"2": 17.9, "5": 52.3},
+            ledger=LEDGER,
+        ),
+        steps=120,
+        total_steps=120,
+        epochs=2,
+        records=sm.SummaryRecords(train=4000, held_out=1000),
+        audit=audit,
+        adapter=sm.SummaryAdapter(path=ADAPTER_PATH, sha256=sha),
+        seconds=812.5,
+    )

@@ -26,6 +26,8 @@ from tests.integration.conftest import (
     OperatorProcess,
     ftj_manifest,
     helm,
+    install_crds,
+    storage_classes,
     wait_for,
 )
 
@@ -79,16 +81,7 @@ OPERATOR_MAY_NOT = [
 def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     c = LocalCluster.boot(tmp_path_factory.mktemp("chart-cluster"))
     try:
-        for sc in (STORAGE_CLASS, "plain"):
-            c.apply(
-                {
-                    "apiVersion": "storage.k8s.io/v1",
-                    "kind": "StorageClass",
-                    "metadata": {"name": sc},
-                    "provisioner": "kubernetes.io/no-provisioner",
-                    "volumeBindingMode": "Immediate",
-                }
-            )
+        c.apply(storage_classes())
         yield c
     finally:
         c.stop()
@@ -121,15 +114,7 @@ def template(*args: str) -> str:
 def test_rendered_chart_passes_server_side_dry_run(chart_cluster: LocalCluster) -> None:
     c = chart_cluster
     # Dry-run cannot register CRDs, and the peering objects need them: apply CRDs first.
-    for crd in sorted((CHART / "crds").glob("*.yaml")):
-        c.kubectl("apply", "--server-side", "-f", str(crd))
-    c.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "crd/kopfpeerings.kopf.dev",
-    )
+    install_crds(c, CHART / "crds", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
     for ns in (OPERATOR_NS, "ml-fraud", "ml-claims"):
         c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for values in ("default", "internal-registry", "namespace-scoped"):

@@ -4,30 +4,27 @@ and the real operator process running under the Helm chart's ServiceAccount and 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 import yaml
 from tests.integration.conftest import (
+    FAILED,
+    LEDGER,
     OPERATOR_NS,
     OPERATOR_SA,
     Namespace,
     OperatorProcess,
+    condition,
+    events_of,
     ftj_manifest,
+    network_policies_refused,
+    status_of,
+    trainer_summary,
     wait_for,
 )
 
-from sealtune_api.summary import (
-    ExitCode,
-    LedgerEntry,
-    SummaryAdapter,
-    SummaryAudit,
-    SummaryError,
-    SummaryPrivacy,
-    SummaryRecords,
-    TrainerSummary,
-)
+from sealtune_api.summary import ExitCode, SummaryError, TrainerSummary
 from sealtune_devkit.cluster import REPO
 
 pytestmark = pytest.mark.integration
@@ -43,7 +40,7 @@ CHILDREN = {
 
 
 def status(ns: Namespace, name: str) -> dict[str, Any]:
-    return dict(ns.get("finetunejob", name).get("status") or {})
+    return status_of(ns, "finetunejob", name)
 
 
 def phase_is(ns: Namespace, name: str, phase: str) -> Any:
@@ -51,79 +48,13 @@ def phase_is(ns: Namespace, name: str, phase: str) -> Any:
     return st if st.get("phase") == phase else None
 
 
-def condition(st: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
-
-
 def events(ns: Namespace, name: str) -> list[dict[str, Any]]:
-    items = ns.get(
-        "events", "--field-selector", f"involvedObject.kind=FineTuneJob,involvedObject.name={name}"
-    )["items"]
-    return list(items)
+    return events_of(ns, "FineTuneJob", name)
 
 
-LEDGER = [
-    LedgerEntry(
-        statistic="adapter", mechanism="DP-SGD (Poisson-subsampled Gaussian)", epsilon=7.91
-    ),
-    LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism="public"),
-    LedgerEntry(statistic="audit (canaries only)", mechanism="post-processing"),
-]
-
-
-PASSED = SummaryAudit(
-    verdict="passed",
-    canaries=10,
-    canary_repetitions=4,
-    canary_exposure=1.7,
-    canary_exposure_max=3.1,
-    epsilon_lower_bound=0.42,
-)
-
-
-def trainer_summary(job: str, path: str, audit: SummaryAudit = PASSED) -> TrainerSummary:
-    """A trainer's summary of a finished run, built from the contract's own models."""
-    return TrainerSummary(
-        job=job,
-        phase="Succeeded",
-        privacy=SummaryPrivacy(
-            dp_enabled=True,
-            epsilon=7.91,
-            target_epsilon=8.0,
-            delta=1e-5,
-            noise_multiplier=0.83,
-            sample_rate=0.016,
-            max_grad_norm=0.1,
-            accountant="prv",
-            group_epsilon={"2": 17.9, "5": 52.3},
-            ledger=LEDGER,
-        ),
-        steps=120,
-        total_steps=120,
-        epochs=2,
-        records=SummaryRecords(train=4000, held_out=1000),
-        audit=audit,
-        adapter=SummaryAdapter(path=path, sha256="d" * 64),
-        seconds=812.5,
-    )
-
-
-# Paths in the summary are relative to the output PVC (spec.output.pvc.path/<file>).
-EXAMPLE_SUMMARY = trainer_summary("clinical-notes-lora", "clinical-notes-lora/adapter.tar.enc")
-SUMMARY = trainer_summary("summary", "clinical-notes-lora/adapter.tar.enc")
-FAILED_AUDIT = trainer_summary(
-    "audit",
-    "clinical-notes-lora/adapter.tar.enc",
-    SummaryAudit(
-        verdict="failed",
-        canaries=10,
-        canary_repetitions=4,
-        canary_exposure=9.6,
-        canary_exposure_max=10.0,
-        epsilon_lower_bound=9.2,
-        reasons=["mean canary exposure 9.6 bits > 8.0", "epsilon lower bound 9.2 > 7.91"],
-    ),
-)
+EXAMPLE_SUMMARY = trainer_summary("clinical-notes-lora")
+SUMMARY = trainer_summary("summary")
+FAILED_AUDIT = trainer_summary("audit", FAILED)
 WRONG_KEY = TrainerSummary(
     job="wrongkey",
     phase="Failed",
@@ -175,16 +106,19 @@ def test_example_creates_hardened_children_network_policy_first(
         assert cond["observedGeneration"] == ftj["metadata"]["generation"]
     reasons = {e["reason"] for e in events(ns, name)}
     assert {"EgressDenied", "Created", "TrainingComplete"} <= reasons, reasons
+    # Review F11: no way back to Pending between the pod's exit and the Job's completion.
+    assert "PhasePending" not in reasons
     # Invariant 8: spec and annotations are exactly what the user applied.
     after = ns.get("finetunejob", name)
     assert after["spec"] == applied["spec"]
     annotations = after["metadata"].get("annotations") or {}
     assert set(annotations) <= {"kubectl.kubernetes.io/last-applied-configuration"}
     assert not after["metadata"].get("finalizers"), "children are owned; no finalizer needed"
-    # Printer columns render.
+    # Printer columns render, with the Ready condition's reason and message (review F8).
     table = ns.kubectl("get", "ftj", name).stdout
     assert "PHASE" in table and "EPSILON" in table and "Succeeded" in table
-    assert "7.91" in table
+    assert "REASON" in table and "MESSAGE" in table and "TrainingComplete" in table
+    assert "7.91" in table and "the adapter is trained and encrypted" in table
     assert st["output"]["path"] == "clinical-notes-lora/adapter.tar.enc"
 
 
@@ -323,6 +257,14 @@ def test_trainer_summary_reaches_status(namespace: Namespace, operator: Operator
             "Pending",
         ),
         ("nogpu", {"resources": {"gpus": 16}}, "Unschedulable", "Pending"),
+        # A pod that never starts (e.g. a Secret volume that cannot be mounted) is stuck
+        # after the start timeout (conftest: 10 s), not "usually transient" (review F8).
+        (
+            "mount",
+            {"podAnnotations": {"sealtune.test/stuck": "ContainerCreating"}},
+            "PodStuck",
+            "Pending",
+        ),
         (
             "deadline",
             {"podAnnotations": {"sealtune.test/outcome": "Running"}, "activeDeadlineSeconds": 60},
@@ -350,9 +292,16 @@ def test_failures_reach_status_with_readable_reasons(
     st = wait_for(reached, timeout=120, what=f"{phase}/{reason}")
     cond = next(c for c in st["conditions"] if c["reason"] == reason)
     assert cond["message"], "every reason comes with a message"
+    ready = condition(st, "Ready")
+    assert (ready["reason"], ready["message"]) == (reason, cond["message"])
+    # Failures and stuck states alike post a Warning, with the condition's own message.
+    warnings = wait_for(
+        lambda: [e for e in events(ns, case) if (e["type"], e["reason"]) == ("Warning", reason)],
+        what=f"Warning {reason}",
+    )
+    assert {e["message"] for e in warnings} == {ready["message"]}
     if phase == "Failed":
         assert condition(st, "Failed")["status"] == "True"
-        assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(ns, case))
     if case == "audit":
         assert FAILED_AUDIT.audit is not None
         for why in FAILED_AUDIT.audit.reasons:
@@ -364,8 +313,47 @@ def test_failures_reach_status_with_readable_reasons(
     elif case == "wrongkey":
         assert WRONG_KEY.error is not None
         assert condition(st, "Failed")["message"] == WRONG_KEY.error.message
+    elif case == "mount":
+        assert "ContainerCreating" in ready["message"] and "describe pod" in ready["message"]
     elif case == "nosummary":
         assert "privacy" not in st and "output" not in st, "nothing to report without a summary"
+
+
+def test_oom_retries_count_attempts_and_never_go_back_to_pending(
+    namespace: Namespace, operator: OperatorProcess
+) -> None:
+    """Review F11: OOM retries flapped Running/Pending, with no attempt count anywhere."""
+    ns = namespace
+    oom = {
+        "sealtune.test/outcome": "Failed",
+        "sealtune.test/reason": "OOMKilled",
+        "sealtune.test/exit-code": "137",
+    }
+    _run_job(ns, "retry", podAnnotations=oom, backoffLimit=1)
+    seen: list[str] = []
+
+    def failed() -> Any:
+        st = status(ns, "retry")
+        if st.get("phase") and (not seen or seen[-1] != st["phase"]):
+            seen.append(st["phase"])
+        return st if st.get("phase") == "Failed" else None
+
+    st = wait_for(failed, timeout=120, interval=0.1, what="Failed after the retry")
+    assert "Pending" not in seen[seen.index("Running") :], seen  # retries wait >= 10 s
+    assert st["attempts"] == 2
+    assert condition(st, "Failed")["reason"] == "OOMKilled"
+    assert condition(st, "Failed")["message"].endswith("(after 2 attempts)")
+    got = wait_for(
+        lambda: (
+            (r := {(e["type"], e["reason"]): e["message"] for e in events(ns, "retry")})
+            and ("Warning", "OOMKilled") in r
+            and r
+        ),
+        what="Events",
+    )
+    assert "attempt 2 of 2" in got[("Warning", "Retrying")]
+    assert "OOMKilled, exit code 137" in got[("Warning", "Retrying")]
+    assert not any(reason == "PhasePending" for _, reason in got)
 
 
 def test_missing_dataset_creates_nothing_until_it_appears(
@@ -465,46 +453,7 @@ def test_no_workload_when_the_network_policy_cannot_be_created(
     """Invariant 1: an admission policy refuses the NetworkPolicy; nothing else is created,
     the status says why, and the job proceeds once the policy is lifted (retry, no spec edit)."""
     ns = namespace
-    policy = f"deny-netpol-{ns.name}"
-    cluster.apply(
-        [
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicy",
-                "metadata": {"name": policy},
-                "spec": {
-                    "failurePolicy": "Fail",
-                    "matchConstraints": {
-                        "resourceRules": [
-                            {
-                                "apiGroups": ["networking.k8s.io"],
-                                "apiVersions": ["v1"],
-                                "operations": ["CREATE"],
-                                "resources": ["networkpolicies"],
-                            }
-                        ]
-                    },
-                    "validations": [{"expression": "false", "message": "network policies frozen"}],
-                },
-            },
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "ValidatingAdmissionPolicyBinding",
-                "metadata": {"name": policy},
-                "spec": {
-                    "policyName": policy,
-                    "validationActions": ["Deny"],
-                    "matchResources": {
-                        "namespaceSelector": {
-                            "matchLabels": {"kubernetes.io/metadata.name": ns.name}
-                        }
-                    },
-                },
-            },
-        ]
-    )
-    try:
-        time.sleep(2)  # the policy is loaded asynchronously by the API server
+    with network_policies_refused(cluster, ns):
         _run_job(ns, "isolated")
 
         def refused() -> Any:
@@ -517,8 +466,5 @@ def test_no_workload_when_the_network_policy_cannot_be_created(
         for kind in ("secret", "persistentvolumeclaim", "configmap", "serviceaccount", "job"):
             assert ns.get_or_none(kind, CHILDREN[kind].format("isolated")) is None, kind
         assert not ns.get("pods", "-l", "sealtune.io/finetunejob=isolated")["items"]
-    finally:
-        cluster.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
-        cluster.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
     wait_for(lambda: ns.get_or_none("job", "isolated-trainer"), timeout=60, what="Job after retry")
     assert condition(status(ns, "isolated"), "NetworkIsolated")["status"] == "True"

@@ -9,7 +9,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from tests.integration.conftest import Namespace, OperatorProcess, ftj_manifest, wait_for
+from tests.integration.conftest import (
+    Namespace,
+    OperatorProcess,
+    ftj_manifest,
+    instead_of,
+    wait_for,
+)
 
 from sealtune_api.summary import TrainerSummary
 
@@ -37,12 +43,10 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
-    namespace: Namespace, operator: OperatorProcess, cluster: Any
+    namespace: Namespace, operator: OperatorProcess
 ) -> None:
     ns = namespace
     _prerequisites(ns)
-    operator.stop()
-    crashy = OperatorProcess(cluster, "crashy").start()
     names = [f"crash-{i:02d}" for i in range(20)]
     rng = random.Random(20261122)
 
@@ -51,9 +55,9 @@ def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
             ns.apply(ftj_manifest(name, podAnnotations={"sealtune.test/outcome": "Running"}))
             time.sleep(rng.uniform(0.0, 0.15))
 
-    creator = threading.Thread(target=create_all)
-    creator.start()
-    try:
+    with instead_of(operator, ("crashy",)) as (crashy,):
+        creator = threading.Thread(target=create_all)
+        creator.start()
         kills = 0
         while creator.is_alive() or kills < 4:
             time.sleep(rng.uniform(0.2, 1.2))
@@ -68,9 +72,6 @@ def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
                 timeout=120,
                 what=f"Job of {name}",
             )
-    finally:
-        crashy.stop()
-        operator.start()
     uids = {f["metadata"]["uid"] for f in ns.get("finetunejobs")["items"]}
     for kind in (
         "jobs",
@@ -93,14 +94,12 @@ def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
 
 
 def test_two_replicas_peer_and_only_one_acts(
-    namespace: Namespace, operator: OperatorProcess, cluster: Any
+    namespace: Namespace, operator: OperatorProcess
 ) -> None:
     ns = namespace
     _prerequisites(ns)
-    operator.stop()
-    low = OperatorProcess(cluster, "replica-low", "--priority", "100").start()
-    high = OperatorProcess(cluster, "replica-high", "--priority", "200").start()
-    try:
+    replicas = (("replica-low", "--priority", "100"), ("replica-high", "--priority", "200"))
+    with instead_of(operator, *replicas) as (low, high):
         time.sleep(3)  # let them see each other through the ClusterKopfPeering
         # `low` started alone and may have resumed older jobs; count from here on.
         low_before = _metric(low.metrics(), "sealtune_reconciles_total")
@@ -118,10 +117,6 @@ def test_two_replicas_peer_and_only_one_acts(
             j["metadata"]["labels"]["sealtune.io/finetunejob"] for j in _managed(ns, "jobs")
         )
         assert jobs == Counter({f"peer-{i}": 1 for i in range(3)})
-    finally:
-        low.stop()
-        high.stop()
-        operator.start()
 
 
 def test_operator_metrics_and_liveness(namespace: Namespace, operator: OperatorProcess) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from sealtune_api.crdgen import finetunejob_crd, rendered_files
+from sealtune_api.crdgen import finetunejob_crd, modelserve_crd, rendered_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,29 +30,33 @@ def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, A
     return out
 
 
-def test_every_spec_field_has_a_description_and_no_refs() -> None:
-    spec = finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
-        "spec"
-    ]
+@pytest.mark.parametrize("crd", [finetunejob_crd, modelserve_crd], ids=lambda f: f.__name__)
+def test_every_spec_field_has_a_description_and_no_refs(crd: Any) -> None:
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     for path, node in _walk(spec, "spec"):
         assert "$ref" not in node and "anyOf" not in node, path
         if not path.endswith("[]"):
             assert node.get("description"), f"{path} has no description"
 
 
-def test_status_keeps_kopf_fields_and_printer_columns() -> None:
-    crd = finetunejob_crd()
-    version = crd["spec"]["versions"][0]
-    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
-    assert status["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase",
-        "Progress",
-        "Epsilon",
-        "Age",
-    ]
-    assert crd["spec"]["names"]["shortNames"] == ["ftj"]
+def test_status_has_no_kopf_bookkeeping_and_printer_columns_explain_the_phase() -> None:
+    """Invariant 8 (bookkeeping only in our own status fields) and review F8 (no
+    REASON/MESSAGE columns): both kinds show the `Ready` condition's reason and message."""
+    for crd, middle in (
+        (finetunejob_crd(), ["Progress", "Epsilon"]),
+        (modelserve_crd(), ["Ready", "Endpoint"]),
+    ):
+        version = crd["spec"]["versions"][0]
+        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert "kopf" not in status["properties"]
+        assert version["subresources"] == {"status": {}}
+        columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+        assert list(columns) == ["Phase", "Reason", *middle, "Age", "Message"]
+        ready = '.status.conditions[?(@.type=="Ready")]'
+        assert columns["Reason"]["jsonPath"] == f"{ready}.reason"
+        assert columns["Message"]["jsonPath"] == f"{ready}.message"
+        assert "attempts" in status["properties"] or crd["spec"]["names"]["kind"] == "ModelServe"
+    assert finetunejob_crd()["spec"]["names"]["shortNames"] == ["ftj"]
 
 
 def test_cel_rules_present_for_what_a_schema_cannot_say() -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from sealtune_api.finetunejob import FineTuneJobSpec
 from sealtune_api.trainer_config import TrainerConfig
-from sealtune_operator.render import finetune as render
+from sealtune_operator.finetunejob import render
 from sealtune_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,25 +34,25 @@ def pod_spec(job: dict[str, Any]) -> dict[str, Any]:
 def test_children_order_network_policy_first_job_last() -> None:
     body, spec = owner()
     kinds = [c["kind"] for c in render.children(body, spec, SETTINGS, KEY)]
-    assert kinds == [
-        "NetworkPolicy",
-        "Secret",
-        "PersistentVolumeClaim",
-        "ConfigMap",
-        "ServiceAccount",
-        "Job",
-    ]
+    before = ["NetworkPolicy", "Secret", "PersistentVolumeClaim", "ConfigMap", "ServiceAccount"]
+    assert kinds == [*before, "Job"]  # the Job last: all it mounts and runs as exists first
 
 
-def test_every_child_is_owned_and_labelled() -> None:
-    body, spec = owner()
-    for child in render.children(body, spec, SETTINGS, KEY):
+def assert_owned_and_labelled(children: list[dict[str, Any]], label: str, name: str) -> None:
+    """Every child is in the owner's namespace, controlled by it, and carries its labels."""
+    for child in children:
         meta = child["metadata"]
         assert meta["namespace"] == "team"
         assert meta["ownerReferences"][0]["uid"] == "uid-1"
         assert meta["ownerReferences"][0]["controller"] is True
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "sealtune-operator"
-        assert meta["labels"]["sealtune.io/finetunejob"] == "ftj1"
+        assert meta["labels"][label] == name
+
+
+def test_every_child_is_owned_and_labelled() -> None:
+    body, spec = owner()
+    children = render.children(body, spec, SETTINGS, KEY)
+    assert_owned_and_labelled(children, "sealtune.io/finetunejob", "ftj1")
 
 
 def test_network_policy_denies_all_egress_and_admits_only_operator_metrics() -> None:

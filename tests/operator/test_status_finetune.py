@@ -8,35 +8,31 @@ the trainer's termination message. Summaries are built from the contract's typed
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.contract.test_summary_contract import FORBIDDEN_KEYS, keys
 
+import sealtune_api.summary as sm
 from sealtune_api.finetunejob import FineTuneJobStatus
-from sealtune_api.summary import (
-    LedgerEntry,
-    SummaryAdapter,
-    SummaryAudit,
-    SummaryPrivacy,
-    SummaryRecords,
-    TrainerSummary,
-)
-from sealtune_operator import status as st
+from sealtune_api.summary import SummaryAudit, TrainerSummary
+from sealtune_operator.common.conditions import Event, differs
+from sealtune_operator.finetunejob import status as st
 
 Manifest = dict[str, Any]
 
 AT = "2025-03-01T12:00:00Z"
 START = "2025-03-01T10:00:00Z"
 DONE = "2025-03-01T11:00:00Z"
+T0 = datetime(2025, 3, 1, 10, 0, tzinfo=UTC)  # START
 SHA = "a" * 64
 PATH = "adapters/run1/adapter.tar.enc"  # relative to the output PVC
 LEDGER = [
-    LedgerEntry(statistic="adapter", mechanism="DP-SGD", epsilon=3.5),
-    LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism="public"),
-    LedgerEntry(statistic="audit (canaries only)", mechanism="post-processing"),
+    sm.LedgerEntry(statistic="adapter", mechanism="DP-SGD", epsilon=3.5),
+    sm.LedgerEntry(statistic="steps, totalSteps, epochs, seconds", mechanism="public"),
+    sm.LedgerEntry(statistic="audit (canaries only)", mechanism="post-processing"),
 ]
-# Private-data statistics that the contract removed; none may ever reach the status.
-FORBIDDEN_KEYS = {"loss", "finalLoss", "firstLoss", "redactions", "membershipAuc"}
 
 
 def summary(
@@ -50,7 +46,7 @@ def summary(
     return TrainerSummary(
         job="run1",
         phase="Succeeded",
-        privacy=SummaryPrivacy(
+        privacy=sm.SummaryPrivacy(
             dp_enabled=dp_enabled,
             epsilon=epsilon,
             target_epsilon=4.0 if dp_enabled else None,
@@ -65,13 +61,13 @@ def summary(
         steps=steps,
         total_steps=total_steps,
         epochs=2,
-        records=SummaryRecords(train=900, held_out=100),
+        records=sm.SummaryRecords(train=900, held_out=100),
         audit=audit
         if audit is not None
         else SummaryAudit(
             verdict="passed", canaries=10, canary_exposure=1.3, epsilon_lower_bound=0.2
         ),
-        adapter=SummaryAdapter(path=PATH, sha256=SHA),
+        adapter=sm.SummaryAdapter(path=PATH, sha256=SHA),
         seconds=61.5,
     )
 
@@ -80,9 +76,12 @@ def job(
     *conditions: tuple[str, str],
     suspend: bool = False,
     complete: bool = False,
+    active: int = 0,
+    failed: int = 0,
+    backoff_limit: int = 2,
 ) -> Manifest:
-    """A batch/v1 Job with True conditions of the given (type, reason)."""
-    status: Manifest = {"startTime": START}
+    """A batch/v1 Job with True conditions of the given (type, reason) and pod counters."""
+    status: Manifest = {"startTime": START, "active": active, "failed": failed}
     if complete:
         status["completionTime"] = DONE
     status["conditions"] = [
@@ -99,7 +98,7 @@ def job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "run1-trainer", "namespace": "team"},
-        "spec": {"suspend": suspend},
+        "spec": {"suspend": suspend, "backoffLimit": backoff_limit},
         "status": status,
     }
 
@@ -149,15 +148,6 @@ def pod(
         "metadata": {"name": name, "namespace": "team", "creationTimestamp": created},
         "status": status,
     }
-
-
-def keys(obj: Any) -> set[str]:
-    """Every mapping key anywhere in a JSON-like value."""
-    if isinstance(obj, dict):
-        return set(obj) | {k for v in obj.values() for k in keys(v)}
-    if isinstance(obj, list):
-        return {k for v in obj for k in keys(v)}
-    return set()
 
 
 def validated(status: Manifest) -> FineTuneJobStatus:
@@ -315,10 +305,11 @@ def test_running_pod_is_running() -> None:
     validated(status)
 
 
-def test_pending_pod_waits() -> None:
+def test_pending_pod_waits_and_asks_to_be_rechecked_when_it_would_be_stuck() -> None:
     pending = pod(phase="Pending", state={"waiting": {"reason": "ContainerCreating"}})
-    obs = st.observe(job(), [pending])
+    obs = st.observe(job(), [pending], at=T0 + timedelta(seconds=100), start_timeout=600)
     assert (obs.phase, obs.reason) == ("Pending", "WaitingForPod")
+    assert obs.recheck_in == 500
 
 
 @pytest.mark.parametrize(
@@ -430,12 +421,12 @@ def test_job_status_of_a_success_validates_and_is_complete() -> None:
         assert condition(status, ctype)["status"] == value, ctype
     # Recomputing from the same children writes nothing.
     again = st.job_status(status, 3, "run1-trainer", obs, at="2025-03-02T00:00:00Z")
-    assert not st.differs(status, again)
+    assert not differs(status, again)
 
 
 def test_finished_job_keeps_its_phase_when_the_trainer_pod_is_gone() -> None:
     """Helper-found regression: pod deleted after success -> Failed/NoSummary."""
-    from sealtune_operator.status import Observation, job_status, observe
+    from sealtune_operator.finetunejob.status import Observation, job_status, observe
 
     complete = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     done = job_status(
@@ -449,3 +440,217 @@ def test_finished_job_keeps_its_phase_when_the_trainer_pod_is_gone() -> None:
     assert job_status(done, 1, "j-trainer", obs) == done
     # a job that has not finished yet waits instead of failing
     assert job_status({}, 1, "j-trainer", obs)["phase"] == "Running"
+
+
+# ------------------------------------------------- status that never misleads (issue 9)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def running(name: str = "a", created: str = START) -> Manifest:
+    return pod(name, phase="Running", created=created, state={"running": {"startedAt": created}})
+
+
+def waiting(name: str = "a", created: str = START, **why: str) -> Manifest:
+    reason = {"reason": "ContainerCreating", **why}
+    return pod(name, phase="Pending", created=created, state={"waiting": reason})
+
+
+def oom(name: str = "a", created: str = START) -> Manifest:
+    return pod(name, phase="Failed", created=created, exit_code=137, reason="OOMKilled")
+
+
+def created() -> Manifest:
+    """The status the handler writes when it has created the children."""
+    edit = st.RULES.edit({}, 1, AT).set("NetworkIsolated", True, "EgressDenied", "egress denied")
+    setup = edit.set("ResourcesReady", True, "Created", "created").status
+    return st.job_status(setup, 1, "run1-trainer", st.observe(job(), []), at=AT)
+
+
+class History:
+    """Observations fed through `job_status` and `transitions` as the handler feeds them."""
+
+    def __init__(self) -> None:
+        self.status = created()
+        self.phases: list[str] = []
+        self.events: list[Event] = []
+
+    def see(self, job: Manifest, pods: list[Manifest], minutes: float = 1.0) -> Manifest:
+        obs = st.observe(job, pods, at=at(minutes), start_timeout=600)
+        new = st.job_status(self.status, 1, "run1-trainer", obs, at=AT)
+        events = st.transitions(self.status, new)
+        for event in events:
+            # Every Event says what the condition it reports says, never another state.
+            if not event.reason.startswith("Phase"):
+                assert any(
+                    (c["reason"], c["message"]) == (event.reason, event.message)
+                    for c in new["conditions"]
+                ), event
+        ready = condition(new, "Ready")
+        assert (ready["status"] == "True") == (new["phase"] == "Succeeded"), ready
+        self.events += events
+        self.status = {**self.status, **new}
+        self.phases.append(new["phase"])
+        validated(self.status)
+        return new
+
+    def reasons(self) -> list[tuple[str, str]]:
+        return [(e.type, e.reason) for e in self.events]
+
+
+def test_running_never_goes_back_to_pending_between_pod_exit_and_job_completion() -> None:
+    """Review F11: Running -> Pending -> Succeeded, with a `PhasePending` Event."""
+    h = History()
+    h.see(job(active=1), [waiting()])
+    h.see(job(active=1), [running()])
+    exited = h.see(job(active=1), [pod(message=summary().to_message())])
+    assert (exited["phase"], condition(exited, "Ready")["reason"]) == ("Running", "TrainerExited")
+    h.see(completed_job(), [pod(message=summary().to_message())])
+    assert h.phases == ["Pending", "Running", "Running", "Succeeded"]
+    assert h.reasons() == [
+        ("Normal", "TrainerRunning"),
+        ("Normal", "AuditPassed"),
+        ("Normal", "TrainingComplete"),
+    ]
+
+
+def test_a_job_that_ran_is_never_pending_again_even_on_an_odd_observation() -> None:
+    status = st.job_status({}, 1, "run1-trainer", st.observe(job(), [running()]), at=AT)
+    again = st.observe(job(), [waiting("b", "2025-03-01T10:30:00Z")], at=at(31))
+    assert again.phase == "Pending"  # (a pod the Job replaced, say) but the status keeps Running
+    assert st.job_status(status, 1, "run1-trainer", again, at=AT)["phase"] == "Running"
+
+
+def test_a_finished_job_keeps_its_verdict() -> None:
+    done = st.job_status(
+        {}, 1, "run1-trainer", st.observe(completed_job(), [pod(message=summary().to_message())])
+    )
+    for late in (st.observe(job(active=1), [running()]), st.observe(completed_job(), [])):
+        assert st.job_status(done, 1, "run1-trainer", late) == done
+
+
+def test_oom_retries_count_attempts_instead_of_flapping() -> None:
+    """Review F11: OOM retries flapped Running/Pending three times with no attempt count."""
+    later = "2025-03-01T10:20:00Z"
+    h = History()
+    h.see(job(active=1, backoff_limit=1), [running()])
+    h.see(job(failed=1, backoff_limit=1), [oom()])
+    retry = h.see(job(active=1, failed=1, backoff_limit=1), [oom(), waiting("b", later)], 21)
+    h.see(job(active=1, failed=1, backoff_limit=1), [oom(), running("b", later)], 22)
+    failed = h.see(
+        job(("Failed", "BackoffLimitExceeded"), failed=2, backoff_limit=1), [oom(), oom("b", later)]
+    )
+    assert h.phases == ["Running", "Running", "Running", "Running", "Failed"]
+    assert retry["attempts"] == 2 and failed["attempts"] == 2
+    assert h.reasons() == [
+        ("Normal", "TrainerRunning"),
+        ("Warning", "Retrying"),
+        ("Normal", "TrainerRunning"),
+        ("Warning", "OOMKilled"),
+    ]
+    retrying, rerun, verdict = h.events[1:]
+    assert "OOMKilled, exit code 137" in retrying.message
+    assert "attempt 2 of 2" in retrying.message and "attempt 2 of 2" in rerun.message
+    assert verdict.message.endswith("(after 2 attempts)")
+    assert "memory" in verdict.message
+
+
+def test_audit_failed_event_carries_the_audit_message() -> None:
+    """Review F10: `Warning AuditFailed 'waiting for the trainer pod to start'`."""
+    reasons = ["mean canary exposure 9.6 bits > 8.0"]
+    audit = SummaryAudit(verdict="failed", canary_exposure=9.6, reasons=reasons)
+    message = summary(audit=audit).to_message()
+    h = History()
+    h.see(job(active=1), [running()])
+    h.see(job(active=1), [pod(message=message)])  # the pod exited; the Job has no verdict yet
+    h.see(completed_job(), [pod(message=message)])
+    assert h.phases == ["Running", "Running", "Failed"]
+    assert h.reasons() == [("Normal", "TrainerRunning"), ("Warning", "AuditFailed")]
+    assert h.events[-1].message == "memorization audit failed: " + reasons[0]
+    assert condition(h.status, "AuditPassed")["message"] == h.events[-1].message
+
+
+@pytest.mark.parametrize(
+    ("stuck", "reason"),
+    [
+        (waiting(reason="ImagePullBackOff", message="Back-off pulling image"), "ImagePullBackOff"),
+        (waiting(reason="ErrImagePull"), "ImagePullBackOff"),
+        (
+            waiting(reason="CreateContainerConfigError", message='secret "k" not found'),
+            "SecretNotFound",
+        ),
+        (
+            pod(
+                phase="Pending",
+                state={"waiting": {"reason": "Pending"}},
+                conditions=[
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    }
+                ],
+            ),
+            "Unschedulable",
+        ),
+    ],
+)
+def test_stuck_pods_post_warning_events(stuck: Manifest, reason: str) -> None:
+    """Review F8: stuck states produced no Event; `Running=False` was "not news"."""
+    h = History()
+    h.see(job(active=1), [waiting()])
+    status = h.see(job(active=1), [stuck])
+    assert h.reasons() == [("Warning", reason)]
+    assert (status["phase"], condition(status, "Ready")["reason"]) == ("Pending", reason)
+
+
+def test_a_pod_waiting_longer_than_the_start_timeout_is_stuck() -> None:
+    """Review F8: a missing Secret volume keeps a pod `ContainerCreating` forever, shown as
+    the "usually transient" `WaitingForPod`."""
+    h = History()
+    first = st.observe(job(active=1), [waiting()], at=at(4), start_timeout=600)
+    assert first.reason == "WaitingForPod" and first.recheck_in == 360
+    h.see(job(active=1), [waiting()], minutes=4)
+    stuck = h.see(job(active=1), [waiting()], minutes=11)
+    assert h.reasons() == [("Warning", "PodStuck")]
+    message = condition(stuck, "Ready")["message"]
+    assert "waited 11m" in message and "ContainerCreating" in message
+    assert "kubectl -n team describe pod -l job-name=run1-trainer" in message
+    assert st.observe(job(active=1), [waiting()], at=at(11), start_timeout=600).recheck_in is None
+
+
+def test_ready_condition_explains_every_phase_for_the_printer_columns() -> None:
+    cases = [
+        (job(suspend=True), [], "Queued", "QueuedInKueue"),
+        (job(active=1), [waiting()], "Pending", "WaitingForPod"),
+        (job(active=1), [running()], "Running", "TrainerRunning"),
+        (completed_job(), [pod(message=summary().to_message())], "Succeeded", "TrainingComplete"),
+        (failed_job("DeadlineExceeded"), [running()], "Failed", "DeadlineExceeded"),
+    ]
+    for j, pods, phase, reason in cases:
+        obs = st.observe(j, pods, at=at(1))
+        status = st.job_status({}, 1, "run1-trainer", obs, at=AT)
+        ready = condition(status, "Ready")
+        assert (status["phase"], ready["reason"], ready["message"]) == (phase, reason, obs.message)
+        assert status["conditions"][-1] is ready or status["conditions"][-1] == ready
+
+
+def test_creating_a_job_posts_two_events_and_a_blocked_one_says_why() -> None:
+    """The write budget (<= 9 per job) has room for exactly two Events on creation."""
+    assert [e.reason for e in st.transitions({}, created())] == ["EgressDenied", "Created"]
+    why = ("DatasetNotFound", "dataset PVC 'x' does not exist")
+    blocked = st.RULES.edit({}, 1, AT).set("ResourcesReady", False, *why, explain=True).status
+    assert st.transitions({}, blocked) == [
+        Event("Warning", "DatasetNotFound", "dataset PVC 'x' does not exist")
+    ]
+    ready = condition(blocked, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "DatasetNotFound")
+    edit = st.RULES.edit({}, 1, AT)
+    refused = edit.set(
+        "NetworkIsolated", False, "NetworkPolicyForbidden", "no", explain=True
+    ).status
+    assert condition(refused, "Ready")["reason"] == "NetworkPolicyForbidden"
+    assert refused["phase"] == "Pending"

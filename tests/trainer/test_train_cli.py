@@ -163,7 +163,7 @@ def test_operator_render_and_local_train_share_one_mapping(tmp_path: Path) -> No
     doc = load_job_yaml(REPO / "examples" / "finetunejob.yaml")
     local = trainer_config_from_job(doc, tmp_path / "v", tmp_path / "s")
     job = FineTuneJob.model_validate({"metadata": doc["metadata"], "spec": doc["spec"]})
-    from sealtune_operator.render.finetune import trainer_config
+    from sealtune_operator.finetunejob.render import trainer_config
     from sealtune_operator.settings import OperatorSettings
 
     pod = trainer_config({"metadata": doc["metadata"]}, job.spec, OperatorSettings())

@@ -30,7 +30,10 @@ def api_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(config)
 
 
+@functools.cache
 def _apis() -> dict[str, Any]:
+    # Cached: the client resolves these classes through a module-level __getattr__ that
+    # takes the import lock, which serializes every worker thread.
     client = api_client()
     return {
         "core": kubernetes.client.CoreV1Api(client),
@@ -55,17 +58,31 @@ _KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+def warm() -> None:
+    """Load the configuration and the API classes once, before the handlers' threads need
+    them all at the same moment."""
+    _apis()
+
+
 def _method(kind: str, verb: str) -> Callable[..., Any]:
     group, suffix = _KINDS[kind]
     return getattr(_apis()[group], f"{verb}_namespaced_{suffix}")
+
+
+def _send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Make a request without deserializing its response (most of the client's CPU time
+    per request), then drain the response and return the connection to the pool (an unread
+    response keeps it, and the next request would pay a new TLS handshake)."""
+    response = call(*args, _preload_content=False, **kwargs)
+    response.drain_conn()
+    response.release_conn()
 
 
 def create(manifest: Manifest) -> bool:
     """Create the object; False if it already existed (not an error: we are idempotent)."""
     meta = manifest["metadata"]
     try:
-        # No response deserialization: it is most of the client's CPU time per request.
-        _method(manifest["kind"], "create")(meta["namespace"], manifest, _preload_content=False)
+        _send(_method(manifest["kind"], "create"), meta["namespace"], manifest)
     except ApiException as exc:
         if exc.status == 409:
             return False
@@ -80,14 +97,14 @@ def apply(manifest: Manifest) -> None:
     """Server-side apply: create the object or converge it to the manifest; fields the
     operator stops rendering are removed (used for long-lived, mutable children)."""
     meta = manifest["metadata"]
-    _method(manifest["kind"], "patch")(
+    _send(
+        _method(manifest["kind"], "patch"),
         meta["name"],
         meta["namespace"],
         manifest,
         field_manager=FIELD_MANAGER,
         force=True,
         _content_type="application/apply-patch+yaml",
-        _preload_content=False,
     )
 
 
@@ -105,9 +122,25 @@ def delete(kind: str, namespace: str, name: str, propagation: str = "Background"
 
 
 def patch_status(plural: str, namespace: str, name: str, status: Manifest) -> None:
-    _apis()["custom"].patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural, name, {"status": status}, _preload_content=False
+    """Merge-patch the status subresource."""
+    _send(
+        _apis()["custom"].patch_namespaced_custom_object_status,
+        *_custom(plural, namespace, name),
+        {"status": status},
     )
+
+
+def patch_metadata(plural: str, namespace: str, name: str, metadata: Manifest) -> None:
+    """Merge-patch the object's metadata (finalizers only; with resourceVersion: 409 if stale)."""
+    _send(
+        _apis()["custom"].patch_namespaced_custom_object,
+        *_custom(plural, namespace, name),
+        {"metadata": metadata},
+    )
+
+
+def _custom(plural: str, namespace: str, name: str) -> tuple[str, str, str, str, str]:
+    return GROUP, VERSION, namespace, plural, name
 
 
 def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:

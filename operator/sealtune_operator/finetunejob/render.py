@@ -10,28 +10,20 @@ import base64
 import json
 from typing import Any
 
+from sealtune_api.exitcodes import ExitCode
 from sealtune_api.finetunejob import FineTuneJob, FineTuneJobSpec, PvcPath
 from sealtune_api.trainer_config import Mounts, TrainerConfig
-from sealtune_operator.render.common import (
-    OFFLINE_ENV,
-    Manifest,
-    container_security_context,
-    labels,
-    memory_volume,
-    metadata,
-    pod_security_context,
-    secret_key_volume,
-)
+from sealtune_operator.common import render as common
+from sealtune_operator.common.render import CONFIG_DIR, Manifest, mount
 from sealtune_operator.settings import OperatorSettings
 
 KIND = "finetunejob"
 COMPONENT = "trainer"
-CONFIG_DIR = "/etc/sealtune"
 CONFIG_FILE = "config.json"
 TERMINATION_LOG = "/dev/termination-log"
 CHECKPOINT_KEY = "key"
-# Exit codes of the trainer that retrying cannot fix (bad config, data, key or audit).
-PERMANENT_EXIT_CODES = [2, 3, 4, 5, 6]
+# Exit codes of the trainer that retrying cannot fix (the one table in sealtune_api).
+PERMANENT_EXIT_CODES = ExitCode.permanent()
 
 # Mount points inside the trainer pod (the trainer reads them from its config).
 MOUNTS = {
@@ -47,77 +39,63 @@ MOUNTS = {
 }
 
 
-class Names:
-    """Deterministic child names: a restarted operator finds what it created."""
-
+class Names(common.Names):
     def __init__(self, job_name: str) -> None:
-        self.network_policy = f"{job_name}-isolation"
+        super().__init__(job_name, COMPONENT, COMPONENT)
         self.checkpoint_key = f"{job_name}-checkpoint-key"
         self.checkpoint_pvc = f"{job_name}-checkpoints"
-        self.config_map = f"{job_name}-trainer-config"
-        self.service_account = f"{job_name}-trainer"
-        self.job = f"{job_name}-trainer"
+        self.job = self.service_account
 
 
 def trainer_labels(name: str) -> dict[str, str]:
-    return labels(KIND, name, COMPONENT)
+    return common.labels(KIND, name, COMPONENT)
+
+
+def _name(owner: Manifest) -> str:
+    return str(owner["metadata"]["name"])
 
 
 def network_policy(owner: Manifest, settings: OperatorSettings) -> Manifest:
     """Deny all egress; admit only the operator's pods, only on the metrics port."""
-    name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(owner, Names(name).network_policy, trainer_labels(name)),
-        "spec": {
-            "podSelector": {"matchLabels": {"sealtune.io/finetunejob": name}},
-            "policyTypes": ["Ingress", "Egress"],
-            "egress": [],
-            "ingress": [
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {
-                                    "kubernetes.io/metadata.name": settings.operator_namespace
-                                }
-                            },
-                            "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": settings.trainer_metrics_port}],
-                }
-            ],
+    name = _name(owner)
+    operator_pods = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
         },
+        "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
     }
+    port = {"protocol": "TCP", "port": settings.trainer_metrics_port}
+    return common.network_policy(
+        owner,
+        Names(name).network_policy,
+        trainer_labels(name),
+        {"sealtune.io/finetunejob": name},
+        [{"from": [operator_pods], "ports": [port]}],
+    )
 
 
 def checkpoint_key_secret(owner: Manifest, key: bytes) -> Manifest:
     """The per-job checkpoint key; deleting it crypto-shreds leftover checkpoints."""
-    name = owner["metadata"]["name"]
+    name = _name(owner)
     return {
-        "apiVersion": "v1",
-        "kind": "Secret",
+        **common.child("v1", "Secret", owner, Names(name).checkpoint_key, trainer_labels(name)),
         "type": "Opaque",
         "immutable": True,
-        "metadata": metadata(owner, Names(name).checkpoint_key, trainer_labels(name)),
         "data": {CHECKPOINT_KEY: base64.b64encode(key).decode()},
     }
 
 
 def checkpoint_pvc(owner: Manifest, spec: FineTuneJobSpec) -> Manifest:
-    name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": metadata(owner, Names(name).checkpoint_pvc, trainer_labels(name)),
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": spec.checkpoints.storage_class_name,
-            "resources": {"requests": {"storage": spec.checkpoints.size}},
-        },
+    name = _name(owner)
+    pvc = common.child(
+        "v1", "PersistentVolumeClaim", owner, Names(name).checkpoint_pvc, trainer_labels(name)
+    )
+    pvc["spec"] = {
+        "accessModes": ["ReadWriteOnce"],
+        "storageClassName": spec.checkpoints.storage_class_name,
+        "resources": {"requests": {"storage": spec.checkpoints.size}},
     }
+    return pvc
 
 
 def trainer_config(
@@ -140,24 +118,17 @@ def trainer_config(
 
 
 def config_map(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> Manifest:
-    name = owner["metadata"]["name"]
+    name = _name(owner)
     cfg = trainer_config(owner, spec, settings)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(owner, Names(name).config_map, trainer_labels(name)),
-        "data": {CONFIG_FILE: json.dumps(cfg.wire(), indent=2, sort_keys=True)},
-    }
+    text = json.dumps(cfg.wire(), indent=2, sort_keys=True)
+    return common.config_map(
+        owner, Names(name).config_map, trainer_labels(name), {CONFIG_FILE: text}
+    )
 
 
 def service_account(owner: Manifest) -> Manifest:
-    name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": metadata(owner, Names(name).service_account, trainer_labels(name)),
-        "automountServiceAccountToken": False,
-    }
+    name = _name(owner)
+    return common.service_account(owner, Names(name).service_account, trainer_labels(name))
 
 
 def _pvc_volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -171,95 +142,72 @@ def _pvc_volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict
     mounts: list[dict[str, Any]] = []
     for use, pvc, read_only in uses:
         vol = f"pvc-{pvc.claim_name}"[:63].rstrip("-.")
-        entry = volumes.setdefault(
-            vol,
-            {"name": vol, "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": True}},
-        )
+        entry = volumes.setdefault(vol, common.claim_volume(vol, pvc.claim_name))
         if not read_only:
             entry["persistentVolumeClaim"]["readOnly"] = False
-        mounts.append({"name": vol, "mountPath": MOUNTS[use], "readOnly": read_only})
+        mounts.append(mount(vol, MOUNTS[use], read_only))
     return list(volumes.values()), mounts
+
+
+def _pod_spec(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> Manifest:
+    """The trainer pod: the common hardened pod, keys as 0400 files, plaintext on tmpfs."""
+    names = Names(_name(owner))
+    pvc_volumes, pvc_mounts = _pvc_volumes(spec)
+    volumes: list[dict[str, Any]] = [
+        common.config_volume(names.config_map),
+        common.secret_key_volume(
+            "dataset-key", spec.dataset.key_secret.name, spec.dataset.key_secret.key
+        ),
+        common.secret_key_volume(
+            "output-key", spec.output.key_secret.name, spec.output.key_secret.key
+        ),
+        common.secret_key_volume("checkpoint-key", names.checkpoint_key, CHECKPOINT_KEY),
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": names.checkpoint_pvc}},
+        common.memory_volume("scratch", spec.resources.scratch_size),
+        common.memory_volume("tmp", "1Gi"),
+        *pvc_volumes,
+    ]
+    keys = ("dataset-key", "output-key", "checkpoint-key")
+    mounts: list[dict[str, Any]] = [
+        mount("config", CONFIG_DIR, True),
+        *common.mounts(MOUNTS, keys, ("checkpoints", "scratch", "tmp")),
+        *pvc_mounts,
+    ]
+    if spec.model.image:
+        volumes.append(common.image_volume("model-image", spec.model.image.reference))
+        mounts.append(mount("model-image", MOUNTS["model"], True))
+    res = spec.resources
+    trainer = common.container(
+        COMPONENT,
+        settings.trainer_image,
+        mounts,
+        common.resources(res.cpu, res.memory, res.gpus, res.gpu_resource_name),
+        args=["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        ports=[{"name": "metrics", "containerPort": settings.trainer_metrics_port}],
+        terminationMessagePath=TERMINATION_LOG,
+        terminationMessagePolicy="File",
+    )
+    pod = common.pod_spec(
+        settings, names.service_account, [trainer], volumes, restartPolicy="Never"
+    )
+    sched = spec.scheduling
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.wire() for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    return pod
 
 
 def job(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> Manifest:
     """The batch/v1 Job running the trainer in a `restricted`, offline, key-on-tmpfs pod."""
-    name = owner["metadata"]["name"]
-    names = Names(name)
+    name = _name(owner)
     pod_labels = trainer_labels(name)
     job_labels = dict(pod_labels)
     queue = spec.scheduling.queue_name
     if queue:
         job_labels["kueue.x-k8s.io/queue-name"] = queue
-
-    pvc_volumes, pvc_mounts = _pvc_volumes(spec)
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": names.config_map, "defaultMode": 0o444}},
-        secret_key_volume("dataset-key", spec.dataset.key_secret.name, spec.dataset.key_secret.key),
-        secret_key_volume("output-key", spec.output.key_secret.name, spec.output.key_secret.key),
-        secret_key_volume("checkpoint-key", names.checkpoint_key, CHECKPOINT_KEY),
-        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": names.checkpoint_pvc}},
-        memory_volume("scratch", spec.resources.scratch_size),
-        memory_volume("tmp", "1Gi"),
-        *pvc_volumes,
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "dataset-key", "mountPath": MOUNTS["dataset-key"], "readOnly": True},
-        {"name": "output-key", "mountPath": MOUNTS["output-key"], "readOnly": True},
-        {"name": "checkpoint-key", "mountPath": MOUNTS["checkpoint-key"], "readOnly": True},
-        {"name": "checkpoints", "mountPath": MOUNTS["checkpoints"]},
-        {"name": "scratch", "mountPath": MOUNTS["scratch"]},
-        {"name": "tmp", "mountPath": MOUNTS["tmp"]},
-        *pvc_mounts,
-    ]
-    if spec.model.image:
-        volumes.append(
-            {
-                "name": "model-image",
-                "image": {"reference": spec.model.image.reference, "pullPolicy": "IfNotPresent"},
-            }
-        )
-        mounts.append({"name": "model-image", "mountPath": MOUNTS["model"], "readOnly": True})
-
-    res = spec.resources
-    limits: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    if res.gpus:
-        limits[res.gpu_resource_name] = str(res.gpus)
-    container = {
-        "name": COMPONENT,
-        "image": settings.trainer_image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        "env": list(OFFLINE_ENV),
-        "ports": [{"name": "metrics", "containerPort": settings.trainer_metrics_port}],
-        "resources": {"requests": dict(limits), "limits": limits},
-        "volumeMounts": mounts,
-        "securityContext": container_security_context(),
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "File",
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": names.service_account,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostNetwork": False,
-        "hostPID": False,
-        "hostIPC": False,
-        "securityContext": pod_security_context(),
-        "containers": [container],
-        "volumes": volumes,
-    }
-    sched = spec.scheduling
-    if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.tolerations:
-        pod_spec["tolerations"] = [t.wire() for t in sched.tolerations]
-    if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
-    if settings.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
-
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
         "podFailurePolicy": {
@@ -277,7 +225,7 @@ def job(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> M
         },
         "template": {
             "metadata": {"labels": pod_labels, "annotations": dict(spec.pod_annotations)},
-            "spec": pod_spec,
+            "spec": _pod_spec(owner, spec, settings),
         },
     }
     if spec.active_deadline_seconds:
@@ -285,9 +233,7 @@ def job(owner: Manifest, spec: FineTuneJobSpec, settings: OperatorSettings) -> M
     if queue:
         job_spec["suspend"] = True
     return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(owner, names.job, job_labels),
+        **common.child("batch/v1", "Job", owner, Names(name).job, job_labels),
         "spec": job_spec,
     }
 

@@ -18,24 +18,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sealtune_api.finetunejob import SecretKeyRef
+from sealtune_api.finetunejob import PvcPath, SecretKeyRef
 from sealtune_api.modelserve import SERVING_PORT, ModelServeSpec
 from sealtune_api.serve_config import AuditLogConfig, ServeConfig
-from sealtune_operator.render.common import (
-    OFFLINE_ENV,
-    Manifest,
-    container_security_context,
-    labels,
-    memory_volume,
-    metadata,
-    pod_security_context,
-    secret_key_volume,
-)
+from sealtune_operator.common import render as common
+from sealtune_operator.common.render import CONFIG_DIR, Manifest, mount
 from sealtune_operator.settings import OperatorSettings
 
 KIND = "modelserve"
 COMPONENT = "server"
-CONFIG_DIR = "/etc/sealtune"
 CONFIG_FILE = "serve.json"
 VLLM_PORT = 8000
 ADAPTER_SHA_ANNOTATION = "sealtune.io/adapter-sha256"
@@ -60,29 +51,25 @@ MOUNTS = {
 
 @dataclass(frozen=True)
 class AdapterRef:
-    """Where the encrypted adapter is, resolved from the spec (and a FineTuneJob's spec.output)."""
+    """Where the encrypted adapter is (a path in a PVC, and its key), resolved from the spec
+    or a FineTuneJob's spec.output, with the digest and LoRA rank that job reported."""
 
-    claim_name: str
-    path: str
+    pvc: PvcPath
     key_secret: SecretKeyRef
     sha256: str | None = None
     rank: int | None = None
 
 
-class Names:
-    """Deterministic child names: a restarted operator finds what it created."""
-
+class Names(common.Names):
     def __init__(self, serve_name: str) -> None:
-        self.network_policy = f"{serve_name}-isolation"
-        self.config_map = f"{serve_name}-serve-config"
-        self.service_account = f"{serve_name}-server"
-        self.deployment = f"{serve_name}-server"
+        super().__init__(serve_name, COMPONENT, "serve")
+        self.deployment = self.service_account
         self.service = serve_name
-        self.pod_disruption_budget = f"{serve_name}-server"
+        self.pod_disruption_budget = self.service_account
 
 
 def server_labels(name: str) -> dict[str, str]:
-    return labels(KIND, name, COMPONENT)
+    return common.labels(KIND, name, COMPONENT)
 
 
 def selector(name: str) -> dict[str, str]:
@@ -97,6 +84,11 @@ def endpoint(owner: Manifest) -> str:
 
 def model_name(owner: Manifest, spec: ModelServeSpec) -> str:
     return spec.model_name or str(owner["metadata"]["name"])
+
+
+def _model_path(spec: ModelServeSpec) -> str:
+    model = spec.model
+    return model.pvc.path if model.pvc else model.image.path if model.image else ""
 
 
 def _join(root: str, path: str) -> str:
@@ -132,25 +124,14 @@ def network_policy(owner: Manifest, spec: ModelServeSpec) -> Manifest:
     ingress = (
         [{"from": peers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}] if peers else []
     )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(owner, Names(name).network_policy, server_labels(name)),
-        "spec": {
-            "podSelector": {"matchLabels": selector(name)},
-            "policyTypes": ["Ingress", "Egress"],
-            "egress": [],
-            "ingress": ingress,
-        },
-    }
+    return common.network_policy(
+        owner, Names(name).network_policy, server_labels(name), selector(name), ingress
+    )
 
 
 def serve_config(owner: Manifest, spec: ModelServeSpec, adapter: AdapterRef) -> ServeConfig:
     """The server's configuration; paths are the mounts below (the server's defaults)."""
     name = model_name(owner, spec)
-    model_path = (
-        spec.model.pvc.path if spec.model.pvc else spec.model.image.path if spec.model.image else ""
-    )
     audit = AuditLogConfig(
         path="-" if spec.audit_logging.enabled else "/dev/null",
         log_prompts=spec.audit_logging.log_prompts,
@@ -174,7 +155,7 @@ def serve_config(owner: Manifest, spec: ModelServeSpec, adapter: AdapterRef) -> 
         )
     return ServeConfig(
         **common,
-        model_dir=_join(MOUNTS["model"], model_path),
+        model_dir=_join(MOUNTS["model"], _model_path(spec)),
         adapter_path=MOUNTS["adapter"],
         adapter_key_file=f"{MOUNTS['adapter-key']}/key",
         device="cuda" if spec.resources.gpus else "cpu",
@@ -187,22 +168,13 @@ def config_json(owner: Manifest, spec: ModelServeSpec, adapter: AdapterRef) -> s
 
 def config_map(owner: Manifest, spec: ModelServeSpec, adapter: AdapterRef) -> Manifest:
     name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(owner, Names(name).config_map, server_labels(name)),
-        "data": {CONFIG_FILE: config_json(owner, spec, adapter)},
-    }
+    data = {CONFIG_FILE: config_json(owner, spec, adapter)}
+    return common.config_map(owner, Names(name).config_map, server_labels(name), data)
 
 
 def service_account(owner: Manifest) -> Manifest:
     name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": metadata(owner, Names(name).service_account, server_labels(name)),
-        "automountServiceAccountToken": False,
-    }
+    return common.service_account(owner, Names(name).service_account, server_labels(name))
 
 
 def _https_probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -214,56 +186,34 @@ def _https_probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _secret_dir_volume(volume: str, secret_name: str, items: list[str] | None) -> dict[str, Any]:
-    """A whole Secret (or the listed keys) as read-only files with mode 0400."""
-    source: dict[str, Any] = {"secretName": secret_name, "defaultMode": 0o400, "optional": False}
-    if items:
-        source["items"] = [{"key": k, "path": k, "mode": 0o400} for k in items]
-    return {"name": volume, "secret": source}
-
-
-def _resources(spec: ModelServeSpec, with_gpu: bool) -> dict[str, Any]:
+def _resources(spec: ModelServeSpec) -> dict[str, Any]:
     res = spec.resources
-    limits: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    if with_gpu and res.gpus:
-        limits[res.gpu_resource_name] = str(res.gpus)
-    return {"requests": dict(limits), "limits": limits}
+    return common.resources(res.cpu, res.memory, res.gpus, res.gpu_resource_name)
 
 
 def _front_container(spec: ModelServeSpec, settings: OperatorSettings) -> dict[str, Any]:
     """`sealtune serve`: the only listener of the pod, TLS on the serving port."""
     mounts = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tls", "mountPath": MOUNTS["tls"], "readOnly": True},
-        {"name": "api-keys", "mountPath": MOUNTS["api-keys"], "readOnly": True},
-        {"name": "scratch", "mountPath": MOUNTS["scratch"]},
-        {"name": "tmp", "mountPath": MOUNTS["tmp"]},
+        mount("config", CONFIG_DIR, True),
+        *common.mounts(MOUNTS, ("tls", "api-keys"), ("scratch", "tmp")),
     ]
     if spec.runtime == "sealtune":
-        mounts += [
-            {"name": "model", "mountPath": MOUNTS["model"], "readOnly": True},
-            {"name": "adapter", "mountPath": MOUNTS["adapter"], "readOnly": True},
-            {"name": "adapter-key", "mountPath": MOUNTS["adapter-key"], "readOnly": True},
-        ]
-        resources = _resources(spec, with_gpu=True)
+        mounts += common.mounts(MOUNTS, ("model", "adapter", "adapter-key"))
+        resources = _resources(spec)
     else:
         # A proxy: modest fixed resources, no GPU, no model, no adapter, no key.
-        limits = {"cpu": "1", "memory": "1Gi"}
-        resources = {"requests": dict(limits), "limits": limits}
-    return {
-        "name": COMPONENT if spec.runtime == "sealtune" else "front",
-        "image": settings.serve_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["sealtune", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        "env": list(OFFLINE_ENV),
-        "ports": [{"name": "https", "containerPort": SERVING_PORT, "protocol": "TCP"}],
-        "startupProbe": _https_probe("/healthz", 5, 60),
-        "readinessProbe": _https_probe("/readyz", 5, 3),
-        "livenessProbe": _https_probe("/healthz", 10, 3),
-        "resources": resources,
-        "volumeMounts": mounts,
-        "securityContext": container_security_context(),
-    }
+        resources = common.resources("1", "1Gi")
+    return common.container(
+        COMPONENT if spec.runtime == "sealtune" else "front",
+        settings.serve_image,
+        mounts,
+        resources,
+        command=["sealtune", "serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        ports=[{"name": "https", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        startupProbe=_https_probe("/healthz", 5, 60),
+        readinessProbe=_https_probe("/readyz", 5, 3),
+        livenessProbe=_https_probe("/healthz", 10, 3),
+    )
 
 
 def _vllm_max_lora_rank(rank: int | None) -> int:
@@ -276,14 +226,12 @@ def _vllm_containers(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(init container decrypting the adapter into tmpfs, vLLM container on loopback)."""
     name = model_name(owner, spec)
-    model_path = (
-        spec.model.pvc.path if spec.model.pvc else spec.model.image.path if spec.model.image else ""
-    )
-    init = {
-        "name": "decrypt-adapter",
-        "image": settings.serve_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": [
+    init = common.container(
+        "decrypt-adapter",
+        settings.serve_image,
+        common.mounts(MOUNTS, ("adapter", "adapter-key"), ("adapter-plain", "scratch", "tmp")),
+        {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+        command=[
             "sealtune",
             "adapter",
             "unpack",
@@ -294,26 +242,27 @@ def _vllm_containers(
             "--out",
             MOUNTS["adapter-plain"],
         ],
-        "env": list(OFFLINE_ENV),
-        "resources": {
-            "requests": {"cpu": "500m", "memory": "1Gi"},
-            "limits": {"cpu": "1", "memory": "1Gi"},
-        },
-        "volumeMounts": [
-            {"name": "adapter", "mountPath": MOUNTS["adapter"], "readOnly": True},
-            {"name": "adapter-key", "mountPath": MOUNTS["adapter-key"], "readOnly": True},
-            {"name": "adapter-plain", "mountPath": MOUNTS["adapter-plain"]},
-            {"name": "scratch", "mountPath": MOUNTS["scratch"]},
-            {"name": "tmp", "mountPath": MOUNTS["tmp"]},
-        ],
-        "securityContext": container_security_context(),
-    }
-    vllm = {
-        "name": "vllm",
-        "image": settings.vllm_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["vllm", "serve", _join(MOUNTS["model"], model_path)],
-        "args": [
+    )
+    vllm_env = [
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "VLLM_DO_NOT_TRACK", "value": "1"},
+        # INFO logs carry request details; WARNING keeps prompts out of the logs.
+        {"name": "VLLM_LOGGING_LEVEL", "value": "WARNING"},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{MOUNTS['scratch']}/vllm"},
+        {"name": "XDG_CACHE_HOME", "value": f"{MOUNTS['scratch']}/cache"},
+        {"name": "HF_HOME", "value": f"{MOUNTS['scratch']}/hf"},
+        # uid 65532 has no passwd entry in the vLLM image; getpass.getuser() (torch
+        # compile caches) falls back to $USER instead of failing.
+        {"name": "USER", "value": "sealtune"},
+    ]
+    vllm = common.container(
+        "vllm",
+        settings.vllm_image,
+        common.mounts(MOUNTS, ("model", "adapter-plain"), ("scratch", "tmp", "shm")),
+        _resources(spec),
+        extra_env=vllm_env,
+        command=["vllm", "serve", _join(MOUNTS["model"], _model_path(spec))],
+        args=[
             "--host",
             "127.0.0.1",
             "--port",
@@ -328,64 +277,30 @@ def _vllm_containers(
             "--lora-modules",
             f"{name}={MOUNTS['adapter-plain']}",
         ],
-        "env": [
-            *OFFLINE_ENV,
-            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-            {"name": "VLLM_DO_NOT_TRACK", "value": "1"},
-            # INFO logs carry request details; WARNING keeps prompts out of the logs.
-            {"name": "VLLM_LOGGING_LEVEL", "value": "WARNING"},
-            {"name": "VLLM_CACHE_ROOT", "value": f"{MOUNTS['scratch']}/vllm"},
-            {"name": "XDG_CACHE_HOME", "value": f"{MOUNTS['scratch']}/cache"},
-            {"name": "HF_HOME", "value": f"{MOUNTS['scratch']}/hf"},
-            # uid 65532 has no passwd entry in the vLLM image; getpass.getuser() (torch
-            # compile caches) falls back to $USER instead of failing.
-            {"name": "USER", "value": "sealtune"},
-        ],
-        "resources": _resources(spec, with_gpu=True),
-        "volumeMounts": [
-            {"name": "model", "mountPath": MOUNTS["model"], "readOnly": True},
-            {"name": "adapter-plain", "mountPath": MOUNTS["adapter-plain"], "readOnly": True},
-            {"name": "scratch", "mountPath": MOUNTS["scratch"]},
-            {"name": "tmp", "mountPath": MOUNTS["tmp"]},
-            {"name": "shm", "mountPath": MOUNTS["shm"]},
-        ],
-        "securityContext": container_security_context(),
-    }
+    )
     return init, vllm
 
 
 def _volumes(spec: ModelServeSpec, adapter: AdapterRef, names: Names) -> list[dict[str, Any]]:
     res = spec.resources
-    adapter_claim: dict[str, Any] = {"claimName": adapter.claim_name, "readOnly": True}
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": names.config_map, "defaultMode": 0o444}},
-        _secret_dir_volume("tls", tls_secret_name(spec), ["tls.crt", "tls.key"]),
-        _secret_dir_volume("api-keys", spec.api_key_secret.name, None),
-        secret_key_volume("adapter-key", adapter.key_secret.name, adapter.key_secret.key),
-        {"name": "adapter", "persistentVolumeClaim": adapter_claim},
-        memory_volume("scratch", res.scratch_size),
-        memory_volume("tmp", res.scratch_size),
+        common.config_volume(names.config_map),
+        common.secret_volume(
+            "tls", tls_secret_name(spec), {"tls.crt": "tls.crt", "tls.key": "tls.key"}
+        ),
+        common.secret_volume("api-keys", spec.api_key_secret.name),
+        common.secret_key_volume("adapter-key", adapter.key_secret.name, adapter.key_secret.key),
+        common.claim_volume("adapter", adapter.pvc.claim_name),
+        common.memory_volume("scratch", res.scratch_size),
+        common.memory_volume("tmp", res.scratch_size),
     ]
     if spec.model.pvc:
-        volumes.append(
-            {
-                "name": "model",
-                "persistentVolumeClaim": {
-                    "claimName": spec.model.pvc.claim_name,
-                    "readOnly": True,
-                },
-            }
-        )
+        volumes.append(common.claim_volume("model", spec.model.pvc.claim_name))
     elif spec.model.image:
-        volumes.append(
-            {
-                "name": "model",
-                "image": {"reference": spec.model.image.reference, "pullPolicy": "IfNotPresent"},
-            }
-        )
+        volumes.append(common.image_volume("model", spec.model.image.reference))
     if spec.runtime == "vllm":
-        volumes.append(memory_volume("adapter-plain", res.scratch_size))
-        volumes.append(memory_volume("shm", res.scratch_size))
+        volumes.append(common.memory_volume("adapter-plain", res.scratch_size))
+        volumes.append(common.memory_volume("shm", res.scratch_size))
     return volumes
 
 
@@ -395,18 +310,18 @@ def tls_secret_name(spec: ModelServeSpec) -> str:
 
 def _adapter_mount_subpath(containers: list[dict[str, Any]], adapter: AdapterRef) -> None:
     """Expose only the adapter's file or directory of the claim, never the whole volume."""
-    if not adapter.path:
+    if not adapter.pvc.path:
         return
     for container in containers:
-        for mount in container["volumeMounts"]:
-            if mount["name"] == "adapter":
-                mount["subPath"] = adapter.path
+        for volume_mount in container["volumeMounts"]:
+            if volume_mount["name"] == "adapter":
+                volume_mount["subPath"] = adapter.pvc.path
 
 
 def deployment(
     owner: Manifest, spec: ModelServeSpec, adapter: AdapterRef, settings: OperatorSettings
 ) -> Manifest:
-    """The serving Deployment: `restricted`, keys as 0400 Secret volumes, HTTPS probes."""
+    """The serving Deployment: the common hardened pod, keys as 0400 files, HTTPS probes."""
     name = owner["metadata"]["name"]
     names = Names(name)
     pod_labels = {**server_labels(name), **selector(name)}
@@ -422,26 +337,16 @@ def deployment(
         init_containers = [init]
         containers = [vllm, front]
     _adapter_mount_subpath([*init_containers, *containers], adapter)
-    pod_spec: dict[str, Any] = {
-        "serviceAccountName": names.service_account,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "hostNetwork": False,
-        "hostPID": False,
-        "hostIPC": False,
-        "securityContext": pod_security_context(),
-        "terminationGracePeriodSeconds": GRACEFUL_TIMEOUT_SECONDS + 15,
-        "containers": containers,
-        "volumes": _volumes(spec, adapter, names),
-    }
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
-    if settings.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    pod_spec = common.pod_spec(
+        settings,
+        names.service_account,
+        containers,
+        _volumes(spec, adapter, names),
+        init_containers,
+        terminationGracePeriodSeconds=GRACEFUL_TIMEOUT_SECONDS + 15,
+    )
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(owner, names.deployment, server_labels(name)),
+        **common.child("apps/v1", "Deployment", owner, names.deployment, server_labels(name)),
         "spec": {
             "replicas": spec.replicas,
             "revisionHistoryLimit": 3,
@@ -462,9 +367,7 @@ def deployment(
 def service(owner: Manifest) -> Manifest:
     name = owner["metadata"]["name"]
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, Names(name).service, server_labels(name)),
+        **common.child("v1", "Service", owner, Names(name).service, server_labels(name)),
         "spec": {
             "type": "ClusterIP",
             "selector": selector(name),
@@ -483,10 +386,9 @@ def service(owner: Manifest) -> Manifest:
 
 def pod_disruption_budget(owner: Manifest) -> Manifest:
     name = owner["metadata"]["name"]
+    pdb_name = Names(name).pod_disruption_budget
     return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": metadata(owner, Names(name).pod_disruption_budget, server_labels(name)),
+        **common.child("policy/v1", "PodDisruptionBudget", owner, pdb_name, server_labels(name)),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
     }
 

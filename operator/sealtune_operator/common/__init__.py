@@ -1,0 +1,1 @@
+"""Shared by both kinds: reconciler, conditions and Events, hardened render, API access."""

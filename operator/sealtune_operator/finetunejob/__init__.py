@@ -1,0 +1,1 @@
+"""FineTuneJob: render (children), status (child state -> status) and handlers (Kopf)."""

@@ -1,0 +1,1 @@
+"""ModelServe: render (children), status (adapter + Deployment -> status) and handlers (Kopf)."""
