@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from sealtune_api.finetunejob import GROUP, VERSION, FineTuneJobSpec, FineTuneJobStatus
 from sealtune_api.modelserve import ModelServeSpec, ModelServeStatus
+from sealtune_api.privacybudget import PrivacyBudgetSpec, PrivacyBudgetStatus
 
 Schema = dict[str, Any]
 
@@ -189,11 +190,29 @@ def modelserve_crd() -> dict[str, Any]:
     )
 
 
+def privacybudget_crd() -> dict[str, Any]:
+    description = (
+        "An epsilon/delta budget for one dataset (by the sha256 of its encrypted file), "
+        "charged by every FineTuneJob on it before the job starts."
+    )
+    columns = [
+        _column("Dataset", "string", ".spec.datasetSha256", "sha256 of the encrypted dataset"),
+        _column("Epsilon", "number", ".spec.epsilon", "The budget"),
+        _column("Spent", "number", ".status.spentEpsilon", "Charged by admitted jobs"),
+        _column("Remaining", "number", ".status.remainingEpsilon", "Left for new jobs"),
+        _column("Age", "date", ".metadata.creationTimestamp"),
+    ]
+    return _crd(
+        "PrivacyBudget", "pb", description, (PrivacyBudgetSpec, PrivacyBudgetStatus), columns
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD object, for everything in `crds/`."""
     return {
         "sealtune.io_finetunejobs.yaml": finetunejob_crd(),
         "sealtune.io_modelserves.yaml": modelserve_crd(),
+        "sealtune.io_privacybudgets.yaml": privacybudget_crd(),
     }
 
 

@@ -26,6 +26,7 @@ EXPECTED_FILES = {
     "crds/kopf-peering.yaml",
     "crds/sealtune.io_finetunejobs.yaml",
     "crds/sealtune.io_modelserves.yaml",
+    "crds/sealtune.io_privacybudgets.yaml",
     "images.txt",
     "values-internal-registry.yaml",
     "sbom/sealtune-python.cdx.json",

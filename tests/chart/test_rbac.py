@@ -17,6 +17,8 @@ EXPECTED_NAMESPACED: set[Rule] = {
     ("sealtune.io", "modelserves/status", frozenset({"get", "patch", "update"})),
     ("sealtune.io", "finetunejobs/finalizers", frozenset({"update"})),
     ("sealtune.io", "modelserves/finalizers", frozenset({"update"})),
+    ("sealtune.io", "privacybudgets", frozenset({"get", "list", "watch"})),
+    ("sealtune.io", "privacybudgets/status", frozenset({"get", "patch"})),
     ("kopf.dev", "kopfpeerings", frozenset({"get", "list", "watch", "patch"})),
     ("", "events", frozenset({"create", "patch"})),
     ("events.k8s.io", "events", frozenset({"create", "patch"})),

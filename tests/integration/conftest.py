@@ -112,6 +112,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         crds = (
             "finetunejobs.sealtune.io",
             "modelserves.sealtune.io",
+            "privacybudgets.sealtune.io",
             "clusterkopfpeerings.kopf.dev",
         )
         install_crds(c, REPO / "crds", *crds)

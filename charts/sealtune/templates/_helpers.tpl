@@ -57,6 +57,14 @@ Secrets: create and delete ONLY; the operator can never read a key back.
   resources: ["finetunejobs/finalizers", "modelserves/finalizers"]
   verbs: ["update"]
 - namespaced: true
+  apiGroups: ["sealtune.io"]
+  resources: ["privacybudgets"]
+  verbs: ["get", "list", "watch"]
+- namespaced: true
+  apiGroups: ["sealtune.io"]
+  resources: ["privacybudgets/status"]
+  verbs: ["get", "patch"]
+- namespaced: true
   apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]

@@ -143,6 +143,33 @@ def _custom(plural: str, namespace: str, name: str) -> tuple[str, str, str, str,
     return GROUP, VERSION, namespace, plural, name
 
 
+def list_custom(plural: str, namespace: str) -> list[Manifest]:
+    """Our custom objects of one kind in a namespace ([] if the CRD is not installed)."""
+    try:
+        found = _apis()["custom"].list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return list(found.get("items") or [])
+
+
+def patch_status_if_unchanged(
+    plural: str, namespace: str, name: str, resource_version: str, status: Manifest
+) -> bool:
+    """Merge-patch status only if the object is still at `resource_version` (False: 409)."""
+    body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    try:
+        _apis()["custom"].patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, body, _preload_content=False
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
 def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
     try:
         obj = _apis()["custom"].get_namespaced_custom_object(

@@ -21,7 +21,7 @@ from sealtune_operator import metrics, settings
 from sealtune_operator.common import kube
 from sealtune_operator.common.conditions import Manifest
 from sealtune_operator.common.reconciler import Indexes, Reconciler, key_of, one
-from sealtune_operator.finetunejob import render
+from sealtune_operator.finetunejob import budget, render
 from sealtune_operator.finetunejob import status as st
 
 RECONCILER = Reconciler("FineTuneJob", "finetunejobs", st.RULES, metrics.PHASES)
@@ -86,6 +86,15 @@ def reconcile(body: Manifest, ix: Indexes) -> str:
         }
         return "blocked"
     memo.pop("waiting_for", None)
+    # The dataset's PrivacyBudget is charged before anything is created (invariant: a job
+    # that would exceed it never starts). spec.privacy is immutable, so a refusal stands
+    # until the job is re-created with a smaller budget ask, or the budget is raised.
+    refused = budget.charge(key[0], key[1], str(body["metadata"].get("uid", "")), spec)
+    if refused:
+        reason, message = refused
+        edit.set("ResourcesReady", False, reason, message, explain=True)
+        RECONCILER.write_status(body, edit.status)
+        return "blocked"
     children = render.children(body, spec, settings.current(), os.urandom(32))
     isolated = ("EgressDenied", "all egress denied; ingress only from the operator to metrics")
     RECONCILER.write_children(body, edit, children, kube.create, isolated)
