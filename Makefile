@@ -46,6 +46,7 @@ lint: venv
 	$(BIN)/ruff format --check api operator trainer-image devkit tests benchmarks hack
 	$(BIN)/ruff check api operator trainer-image devkit tests benchmarks hack
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases --namespace-packages tests
 
 crds: venv
 	$(BIN)/python hack/gen_crds.py

@@ -3,6 +3,7 @@ and the real operator process running under the Helm chart's ServiceAccount and 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -37,6 +38,10 @@ CHILDREN = {
     "serviceaccount": "{}-trainer",
     "job": "{}-trainer",
 }
+
+
+def _gone(ns: Namespace, kind: str, name: str) -> bool:
+    return ns.get_or_none(kind, name) is None
 
 
 def status(ns: Namespace, name: str) -> dict[str, Any]:
@@ -422,7 +427,7 @@ def test_delete_removes_every_child_and_the_key(
     ns.kubectl("delete", "ftj", "gone", "--timeout=90s")
     for kind, tmpl in CHILDREN.items():
         wait_for(
-            lambda kind=kind, tmpl=tmpl: ns.get_or_none(kind, tmpl.format("gone")) is None,
+            functools.partial(_gone, ns, kind, tmpl.format("gone")),
             timeout=60,
             what=f"{kind} deleted",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -68,7 +69,7 @@ def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
         wait_for(crashy.healthy, what="restarted operator")
         for name in names:
             wait_for(
-                lambda name=name: ns.get_or_none("job", f"{name}-trainer"),
+                functools.partial(ns.get_or_none, "job", f"{name}-trainer"),
                 timeout=120,
                 what=f"Job of {name}",
             )
@@ -88,7 +89,7 @@ def test_sigkill_at_random_moments_leaves_exactly_one_of_each_child(
             assert obj["metadata"]["ownerReferences"][0]["uid"] in uids, (kind, obj["metadata"])
     for name in names:
         wait_for(
-            lambda name=name: (ns.get("finetunejob", name).get("status") or {}).get("jobName"),
+            functools.partial(_job_name, ns, name),
             what=f"status of {name}",
         )
 
@@ -106,7 +107,9 @@ def test_two_replicas_peer_and_only_one_acts(
         for i in range(3):
             ns.apply(ftj_manifest(f"peer-{i}"))
         for i in range(3):
-            wait_for(lambda i=i: ns.get_or_none("job", f"peer-{i}-trainer"), what=f"peer-{i} Job")
+            wait_for(
+                functools.partial(ns.get_or_none, "job", f"peer-{i}-trainer"), what=f"peer {i}"
+            )
         time.sleep(2)
         acted_high = _metric(high.metrics(), "sealtune_reconciles_total")
         acted_low = _metric(low.metrics(), "sealtune_reconciles_total") - low_before
@@ -117,6 +120,10 @@ def test_two_replicas_peer_and_only_one_acts(
             j["metadata"]["labels"]["sealtune.io/finetunejob"] for j in _managed(ns, "jobs")
         )
         assert jobs == Counter({f"peer-{i}": 1 for i in range(3)})
+
+
+def _job_name(ns: Namespace, name: str) -> Any:
+    return (ns.get("finetunejob", name).get("status") or {}).get("jobName")
 
 
 def test_operator_metrics_and_liveness(namespace: Namespace, operator: OperatorProcess) -> None:

@@ -196,7 +196,12 @@ def test_finalizer_is_added_first_and_removed_after_the_teardown(api: FakeApi) -
 
 def test_a_conflict_while_adding_the_finalizer_waits_for_the_next_event(api: FakeApi) -> None:
     ran: list[str] = []
-    r = reconciler(lambda b, ix: ran.append("x") or "done", finalizer=True)
+
+    def handler(body: Any, index: Any) -> str:
+        ran.append("x")
+        return "done"
+
+    r = reconciler(handler, finalizer=True)
     api.conflict = True
     r.handle("ADDED", obj("conflict"), {})
     assert ran == [] and api.patches == []

@@ -16,7 +16,7 @@ from sealtune_trainer.randomness import SecretRandomness
 from sealtune_trainer.training import Trainer, make_plan
 
 TC = TrainingConfig(rank=2, batch_size=4, micro_batch_size=4, epochs=1, target_modules=["q_proj"])
-PC = PrivacyConfig(target_epsilon=4.0, delta=1e-3, lossReleaseInterval=3)
+PC = PrivacyConfig(target_epsilon=4.0, delta=1e-3, loss_release_interval=3)
 EXAMPLES = [Example([1, *range(5 + i % 3, 12)], [-100, *range(5 + i % 3, 12)]) for i in range(32)]
 
 
@@ -48,7 +48,7 @@ def test_loss_releases_are_noised_counted_and_within_the_budget(tiny_model: Path
 
 
 def test_without_release_nothing_is_released_and_sgd_gets_the_whole_budget() -> None:
-    off = PrivacyConfig(target_epsilon=4.0, delta=1e-3, releaseLoss=False)
+    off = PrivacyConfig(target_epsilon=4.0, delta=1e-3, release_loss=False)
     plan_off = make_plan(len(EXAMPLES), TC, off)
     plan_on = make_plan(len(EXAMPLES), TC, PC)
     assert plan_off.loss_noise_multiplier is None and plan_off.loss_release_interval == 0
