@@ -105,9 +105,6 @@ def run_job(
     from .checkpoint import load_latest, save_checkpoint
     from .data import (
         DatasetFormatError,
-        insert_canaries,
-        load_encrypted_dataset,
-        make_canaries,
         privacy_units,
         redact_records,
         split_held_out,
@@ -115,12 +112,9 @@ def run_job(
     )
     from .metrics import TrainingMetrics
     from .model_loading import (
-        ModelIntegrityError,
         QLoRAUnavailableError,
         add_lora,
         load_base_model,
-        load_tokenizer,
-        verify_model_dir,
     )
     from .output import write_encrypted_adapter
     from .summary import build_summary
@@ -137,44 +131,13 @@ def run_job(
     seed = tc.seed
     _seed_everything(seed)
 
-    try:
-        data_key = load_key(cfg.dataset.key_file)
-        out_key = load_key(cfg.output_key_file)
-        ckpt_key = load_key(cfg.checkpoint_key_file)
-    except (CryptoError, OSError) as exc:
-        raise JobError("KeyError", f"cannot load a key: {exc}", ExitCode.KEY) from None
+    data_key, out_key, ckpt_key = _load_keys(cfg)
     # All privacy-protecting randomness derives from the per-job key, not from the spec.
     randomness = SecretRandomness.derive(ckpt_key, cfg.job_uid)
 
-    try:
-        verify_model_dir(cfg.model_dir, cfg.model_manifest_sha256)
-        tokenizer = load_tokenizer(cfg.model_dir)
-    except ModelIntegrityError as exc:
-        raise JobError("ModelIntegrityError", str(exc), ExitCode.MODEL) from None
-    except OSError as exc:
-        msg = f"cannot load the model: {type(exc).__name__}"
-        raise JobError("ModelLoadError", msg, ExitCode.MODEL) from None
+    tokenizer = _verified_tokenizer(cfg)
 
-    try:
-        # The digest first: a swapped file is refused before any decryption (and the digest
-        # is what a PrivacyBudget charges this job's epsilon to).
-        dataset_sha = sha256_file(cfg.dataset.path)
-        if cfg.dataset.sha256 and dataset_sha != cfg.dataset.sha256:
-            raise JobError(
-                "DatasetIntegrityError",
-                f"dataset sha256 is {dataset_sha}, spec.dataset.sha256 says {cfg.dataset.sha256}",
-                ExitCode.DATASET,
-            )
-        user_field = pc.user_field if pc.unit == "user" else None
-        records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format, user_field)
-    except DatasetFormatError as exc:
-        raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
-    except CryptoError as exc:
-        raise JobError("DatasetDecryptError", str(exc), ExitCode.KEY) from None
-    except FileNotFoundError:
-        raise JobError(
-            "DatasetNotFound", f"dataset {cfg.dataset.path} not found", ExitCode.DATASET
-        ) from None
+    records, dataset_sha = _decrypt_records(cfg, data_key)
     log.info("dataset decrypted in memory", extra={"records": len(records)})
 
     if cfg.pii.enabled:
@@ -198,32 +161,7 @@ def run_job(
         held_ex = tokenize_records(tokenizer, held_records, tc.max_seq_length)
     except DatasetFormatError as exc:
         raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
-    canaries = make_canaries(cfg.audit.canaries, randomness.rng("canary-secrets"))
-    # One secret coin per canary (p = 1/2): included ones are trained on, the others are
-    # the one-run audit's controls (Steinke et al. 2023).
-    # Below MIN_LOWER_BOUND_CANARIES the bound cannot be nonzero: include them all.
-    coins = randomness.rng("canary-coins")
-    if len(canaries) >= audit_mod.MIN_LOWER_BOUND_CANARIES:
-        included = [coins.random() < 0.5 for _ in canaries]
-    else:
-        included = [True] * len(canaries)
-    if canaries:
-        from .data import canary_record, tokenize_record
-
-        fmt = cfg.dataset.format
-        canary_ex = {
-            i: tokenize_record(tokenizer, canary_record(i, s, fmt), tc.max_seq_length)
-            for (i, s), inc in zip(canaries, included, strict=True)
-            if inc
-        }
-        examples = insert_canaries(
-            train_ex,
-            list(canary_ex.items()),
-            cfg.audit.canary_repetitions,
-            randomness.rng("canary-positions"),
-        )
-    else:
-        examples = list(train_ex)
+    canaries, included, examples = _with_canaries(cfg, tokenizer, train_ex, randomness)
 
     # User-level DP: the plan, the sampling and the accountant count users, not records.
     units = privacy_units(examples) if pc.unit == "user" and pc.enabled else None
@@ -362,3 +300,97 @@ def run_job(
 
 class _Stop(Exception):
     pass
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _load_keys(cfg: TrainerConfig) -> tuple[bytes, bytes, bytes]:
+    """The dataset, output and per-job checkpoint keys (mounted read-only)."""
+    try:
+        data_key = load_key(cfg.dataset.key_file)
+        out_key = load_key(cfg.output_key_file)
+        ckpt_key = load_key(cfg.checkpoint_key_file)
+    except (CryptoError, OSError) as exc:
+        raise JobError("KeyError", f"cannot load a key: {exc}", ExitCode.KEY) from None
+    return data_key, out_key, ckpt_key
+
+
+def _verified_tokenizer(cfg: TrainerConfig) -> Any:
+    """Check every model file against the pinned manifest, then load the tokenizer."""
+    from .model_loading import ModelIntegrityError, load_tokenizer, verify_model_dir
+
+    try:
+        verify_model_dir(cfg.model_dir, cfg.model_manifest_sha256)
+        tokenizer = load_tokenizer(cfg.model_dir)
+    except ModelIntegrityError as exc:
+        raise JobError("ModelIntegrityError", str(exc), ExitCode.MODEL) from None
+    except OSError as exc:
+        msg = f"cannot load the model: {type(exc).__name__}"
+        raise JobError("ModelLoadError", msg, ExitCode.MODEL) from None
+    return tokenizer
+
+
+def _decrypt_records(cfg: TrainerConfig, data_key: bytes) -> tuple[list[Any], str]:
+    """(records, dataset sha256): the digest checked first, then decrypted in memory."""
+    from .data import DatasetFormatError, load_encrypted_dataset
+
+    pc = cfg.privacy
+    try:
+        # The digest first: a swapped file is refused before any decryption (and the digest
+        # is what a PrivacyBudget charges this job's epsilon to).
+        dataset_sha = sha256_file(cfg.dataset.path)
+        if cfg.dataset.sha256 and dataset_sha != cfg.dataset.sha256:
+            raise JobError(
+                "DatasetIntegrityError",
+                f"dataset sha256 is {dataset_sha}, spec.dataset.sha256 says {cfg.dataset.sha256}",
+                ExitCode.DATASET,
+            )
+        user_field = pc.user_field if pc.unit == "user" else None
+        records = load_encrypted_dataset(cfg.dataset.path, data_key, cfg.dataset.format, user_field)
+    except DatasetFormatError as exc:
+        raise JobError("DatasetFormatError", str(exc), ExitCode.DATASET) from None
+    except CryptoError as exc:
+        raise JobError("DatasetDecryptError", str(exc), ExitCode.KEY) from None
+    except FileNotFoundError:
+        raise JobError(
+            "DatasetNotFound", f"dataset {cfg.dataset.path} not found", ExitCode.DATASET
+        ) from None
+    return records, dataset_sha
+
+
+def _with_canaries(
+    cfg: TrainerConfig, tokenizer: Any, train_ex: list[Any], randomness: SecretRandomness
+) -> tuple[list[tuple[int, str]], list[bool], list[Any]]:
+    """Secret canaries, their inclusion coins, and the training examples with them."""
+    from . import audit as audit_mod
+    from .data import insert_canaries, make_canaries
+
+    tc = cfg.training
+    canaries = make_canaries(cfg.audit.canaries, randomness.rng("canary-secrets"))
+    # One secret coin per canary (p = 1/2): included ones are trained on, the others are
+    # the one-run audit's controls (Steinke et al. 2023).
+    # Below MIN_LOWER_BOUND_CANARIES the bound cannot be nonzero: include them all.
+    coins = randomness.rng("canary-coins")
+    if len(canaries) >= audit_mod.MIN_LOWER_BOUND_CANARIES:
+        included = [coins.random() < 0.5 for _ in canaries]
+    else:
+        included = [True] * len(canaries)
+    if canaries:
+        from .data import canary_record, tokenize_record
+
+        fmt = cfg.dataset.format
+        canary_ex = {
+            i: tokenize_record(tokenizer, canary_record(i, s, fmt), tc.max_seq_length)
+            for (i, s), inc in zip(canaries, included, strict=True)
+            if inc
+        }
+        examples = insert_canaries(
+            train_ex,
+            list(canary_ex.items()),
+            cfg.audit.canary_repetitions,
+            randomness.rng("canary-positions"),
+        )
+    else:
+        examples = list(train_ex)
+    return canaries, included, examples
