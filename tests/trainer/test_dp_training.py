@@ -109,7 +109,7 @@ def test_without_dp_epsilon_is_infinite(tiny_model: Path, tmp_path: Path) -> Non
     # infinite epsilon: no number at all, and the ledger says there is no guarantee
     assert "epsilon" not in summary["privacy"] and "noiseMultiplier" not in summary["privacy"]
     assert summary["privacy"]["ledger"][0]["mechanism"].startswith("none")
-    assert summary["steps"] == 3
+    assert summary["steps"] == max(1, round(summary["records"]["train"] / 8))  # keyed split
 
 
 def test_serving_runtime_loads_the_encrypted_adapter(dp_run: dict, tiny_model: Path) -> None:
