@@ -143,6 +143,13 @@ def release_history(
     return [(sigma, sample_rate, steps - releases), (joint, sample_rate, releases)]
 
 
+def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """Group privacy: (eps, delta)-DP per unit gives (k eps, k e^((k-1) eps) delta) for k
+    units (delta capped at 1, computed in logs so a large epsilon does not overflow)."""
+    log_delta = math.log(k) + (k - 1) * epsilon + math.log(delta)
+    return k * epsilon, math.exp(min(log_delta, 0.0))
+
+
 def loss_releases(total_steps: int, interval: int) -> int:
     """How many noised losses a run of `total_steps` releases (every `interval`, and last)."""
     return total_steps // interval + (1 if total_steps % interval else 0)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,21 +121,17 @@ def _camel(name: str) -> str:
 def group_epsilon(
     epsilon: float, delta: float, sizes: tuple[int, ...] = GROUP_SIZES
 ) -> list[GroupEpsilon]:
-    """Group privacy: (eps, delta)-DP per unit gives (k eps, k e^((k-1) eps) delta) for k."""
-    out = []
-    for k in sizes:
-        log_delta = math.log(k) + (k - 1) * epsilon + math.log(delta)
-        out.append(GroupEpsilon(k, k * epsilon, math.exp(min(log_delta, 0.0))))
-    return out
+    """Group privacy for each size k (`dp.group_privacy`)."""
+    from . import dp
+
+    return [GroupEpsilon(k, *dp.group_privacy(epsilon, delta, k)) for k in sizes]
 
 
 def _epsilon(kind: str, history: list[tuple[float, float, int]], delta: float) -> float:
     """The trainer's accountant over `history` ([(sigma, q, steps), ...]), as Opacus keeps it."""
     from . import dp
 
-    accountant = dp.make_accountant(kind)
-    accountant.history = list(history)
-    return dp.epsilon_of(accountant, delta)
+    return dp.composed_epsilon(kind, history, delta)
 
 
 def make_privacy_plan(
@@ -181,16 +176,14 @@ def make_privacy_plan(
     plan.noise_std_mean_gradient = sigma * privacy.max_grad_norm / b
     plan.noise_to_signal = sigma / b
     history = [(sigma, q, steps)]
-    loss_sigma: float | None = getattr(tp, "loss_noise_multiplier", None)
+    loss_sigma = tp.loss_noise_multiplier
     if loss_sigma:
-        interval = int(getattr(tp, "loss_release_interval", 0)) or steps
-        releases = math.ceil(steps / interval)
-        plan.loss_release = LossRelease(
-            interval, releases, loss_sigma, float(getattr(tp, "loss_clip", 0.0))
-        )
-        # the trainer's accounting: release steps at the joint noise multiplier
         from . import dp
 
+        interval = tp.loss_release_interval or steps
+        releases = dp.loss_releases(steps, interval)
+        plan.loss_release = LossRelease(interval, releases, loss_sigma, tp.loss_clip)
+        # the trainer's accounting: release steps at the joint noise multiplier
         history = dp.release_history(sigma, loss_sigma, q, steps, releases)
     plan.epsilon_add_remove = _epsilon(privacy.accountant, history, privacy.delta)
     # Replace-one: swapping a unit moves each clipped sum by at most 2C (2x the loss clip),

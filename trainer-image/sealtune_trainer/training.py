@@ -363,7 +363,7 @@ class Trainer:
         multi-record subjects. Reported so nobody mistakes a record for a person.
         """
         eps = self.epsilon()
-        return {str(k): k * eps for k in sizes}
+        return {str(k): dp.group_privacy(eps, self.privacy.delta, k)[0] for k in sizes}
 
     def budget_left(self, check_epsilon: bool = False) -> bool:
         """True while planned steps remain and (with DP) epsilon is below the target.
